@@ -6,14 +6,15 @@ How it stays exact without re-implementing a model:
   arguments each layer was called with (hidden states = the residual entering the layer,
   attention mask, rotary embeddings, encoder states, ...), and the output of each stack's
   last layer. Hooks are removed in ``finally``.
-- ``run_from(site, rows, delta)`` calls the HF layer modules themselves from the patched
-  layer to the last, on a batch of patched variants (row ``r`` is a variant of input
-  ``rows[r]``; every tensor argument with the inputs on its first axis is indexed by
-  ``rows``). The patch is applied as the rank-d_head update of the attention output:
-  o_proj(concat z') = o_proj(concat z) + (z'_h - z_h) W_O[h], added by a forward hook on the
-  output projection of the patched layer. The capture run checks the premise (the output
-  projection's input is exactly concat_h z_h) and the output head (final norm, unembedding,
-  Whisper's decoder) is checked to reproduce the model output.
+- ``run_rows(stack, layers, rows, patches)`` calls the HF layer modules themselves from the
+  patched layer to the last, on a batch of patched variants (row ``r`` is a variant of
+  input ``rows[r]``, joining the batch at its own layer; every tensor argument with the
+  inputs on its first axis is indexed by the rows). Only the patched layer's attention
+  output changes, o_proj(concat z') = o_proj(concat z) + (z'_h - z_h) W_O[h]; a hook on that
+  layer's output projection applies the patch, either by substituting z'_h into its input
+  or by adding the rank-d_head update to its output (``fast.py``). The capture run checks
+  the premise (the output projection's input is exactly concat_h z_h), and that the output
+  head (final norm, unembedding, Whisper's decoder) reproduces the model output.
 - Causal decoder-only models: when every delta is exactly zero before position ``p``, the
   replay runs only positions ``p..T-1`` with the clean keys/values of positions ``< p``
   taken from the capture run's KV cache; positions ``< p`` of the output are the clean
