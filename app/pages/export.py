@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import dash
-from dash import Input, Output, State, dash_table, dcc, html
-from dash.exceptions import PreventUpdate
+from dash import dash_table, dcc, html
 
-from ..components import page_body, page_title, run_picker
 from ..report import importance_report
 from ..routes import download_url
 from ..run import Run
-from ..view import current_store, unchanged
+from ..run_page import register_run_switch, run_page
 
 
 def _links(run: str, table: str) -> html.Div:
@@ -57,28 +55,11 @@ def _body(store, run: Run) -> tuple[list, dict]:
 
 
 def layout(run=None, **_q):
-    store = current_store()
-    r, body, view = page_body(store, run, _body)
-    return html.Div([page_title("Export", "head table, extra tables and the head-importance "
-                                "report"),
-                     html.Div(run_picker("export", store, r.name if r else None),
-                              className="controls"),
-                     html.Div(body, id="export-body"),
-                     dcc.Store(id="export-view", data=view)])
+    return run_page("export", "Export", "head table, extra tables and the head-importance report", _body, run)
 
 
 def register(app: dash.Dash) -> None:
     """Add this page and its callbacks to ``app`` (called by ``server.create_app``)."""
     dash.register_page(__name__, path="/export", name="Export",
                        title="workbench · export", order=5, layout=layout)
-
-    @app.callback(Output("export-body", "children"), Output("export-view", "data"),
-                  Output("shell-view", "data", allow_duplicate=True),
-                  Input("export-run", "value"), State("export-view", "data"),
-                  prevent_initial_call=True)
-    def _run_changed(name, shown):
-        if not name or unchanged(shown, run=name):
-            raise PreventUpdate
-        _, body, view = page_body(current_store(), name, _body)
-        return body, view, {"run": name}
-
+    register_run_switch(app, "export", _body)

@@ -12,10 +12,11 @@ from dash import Input, Output, State, dash_table, dcc, html
 from dash.exceptions import PreventUpdate
 
 from .. import alignment
-from ..components import control, dropdown, message, page_body, page_title, run_picker
+from ..components import control, dropdown, message
 from ..fig_flow import alignment_figure, flow_matrix, token_layer_figure
 from ..rollout import rollout
 from ..run import Run, RunError
+from ..run_page import register_run_switch, run_page
 from ..view import as_int, current_store, input_options, pick_input, unchanged
 
 QUANTITIES = ("rollout", "flow", "attention")
@@ -122,29 +123,14 @@ def _body(store, run: Run, index) -> tuple[list, dict]:
 
 
 def layout(run=None, input=None, **_q):  # noqa: A002
-    store = current_store()
-    r, body, view = page_body(store, run, _body, input)
-    return html.Div([page_title("Flow", "token importance per layer; Whisper: word alignment"),
-                     html.Div(run_picker("flow", store, r.name if r else None),
-                              className="controls"),
-                     html.Div(body, id="flow-body"),
-                     dcc.Store(id="flow-view", data=view)])
+    return run_page("flow", "Flow", "token importance per layer; Whisper: word alignment", _body, run, input)
 
 
 def register(app: dash.Dash) -> None:
     """Add this page and its callbacks to ``app`` (called by ``server.create_app``)."""
     dash.register_page(__name__, path="/flow", name="Flow",
                        title="workbench · flow", order=3, layout=layout)
-
-    @app.callback(Output("flow-body", "children"), Output("flow-view", "data"),
-                  Output("shell-view", "data", allow_duplicate=True),
-                  Input("flow-run", "value"), State("flow-view", "data"),
-                  prevent_initial_call=True)
-    def _run_changed(name, shown):
-        if not name or unchanged(shown, run=name):
-            raise PreventUpdate
-        _, body, view = page_body(current_store(), name, _body, None)
-        return body, view, {"run": name, "input": view.get("input")}
+    register_run_switch(app, "flow", _body, None, url_keys=("input",))
 
     @app.callback(Output("flow-token-graph", "figure"), Output("flow-note", "children"),
                   Output("flow-view", "data", allow_duplicate=True),

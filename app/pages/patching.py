@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dash
 from dash import Input, Output, State, dcc, html
-from dash.exceptions import PreventUpdate
 
-from ..components import control, dropdown, message, page_body, page_title, run_picker
+from ..components import control, dropdown, message
 from ..fig_patching import effect_heatmap, prune_curve_figure, scatter_figure
 from ..metrics import effect_columns, exact_and_atp, label
 from ..run import Run, RunError
-from ..view import current_store, unchanged
+from ..run_page import register_run_switch, run_page
+from ..view import current_store
 
 
 def _body(store, run: Run) -> tuple[list, dict]:
@@ -51,30 +51,15 @@ def _body(store, run: Run) -> tuple[list, dict]:
 
 
 def layout(run=None, **_q):
-    store = current_store()
-    r, body, view = page_body(store, run, _body)
-    return html.Div([page_title("Patching & pruning", "per-head effects, exact vs attribution "
-                                "patching, pruning curves"),
-                     html.Div(run_picker("patching", store, r.name if r else None),
-                              className="controls"),
-                     html.Div(body, id="patching-body"),
-                     dcc.Store(id="patching-view", data=view)])
+    return run_page("patching", "Patching & pruning",
+                    "per-head effects, exact vs attribution patching, pruning curves", _body, run)
 
 
 def register(app: dash.Dash) -> None:
     """Add this page and its callbacks to ``app`` (called by ``server.create_app``)."""
     dash.register_page(__name__, path="/patching", name="Patching & pruning",
                        title="workbench · patching", order=4, layout=layout)
-
-    @app.callback(Output("patching-body", "children"), Output("patching-view", "data"),
-                  Output("shell-view", "data", allow_duplicate=True),
-                  Input("patching-run", "value"), State("patching-view", "data"),
-                  prevent_initial_call=True)
-    def _run_changed(name, shown):
-        if not name or unchanged(shown, run=name):
-            raise PreventUpdate
-        _, body, view = page_body(current_store(), name, _body)
-        return body, view, {"run": name}
+    register_run_switch(app, "patching", _body)
 
     @app.callback(Output("patching-scatter", "figure"), Input("patching-x", "value"),
                   Input("patching-y", "value"), State("patching-run", "value"),
