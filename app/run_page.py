@@ -1,6 +1,6 @@
 """A page whose whole body is built from one run chosen in a run picker.
 
-Shared by the Flow, Patching & pruning and Export pages: the layout (title, run picker,
+Shared by the Head grid, Head detail, Flow, Patching & pruning and Export pages: the layout (title, run picker,
 body, view store) and the callback that rebuilds the body when another run is picked.
 Ids: ``<prefix>-run`` (picker), ``<prefix>-body``, ``<prefix>-view``.
 """
@@ -27,9 +27,10 @@ def run_page(prefix: str, title: str, sub: str, build: Callable[..., tuple], run
 
 
 def register_run_switch(app: dash.Dash, prefix: str, build: Callable[..., tuple], *args,
-                        url_keys: tuple[str, ...] = ()) -> None:
-    """Rebuild ``<prefix>-body`` when ``<prefix>-run`` changes; the URL (shell view) gets the
-    run name and the ``url_keys`` of the new view."""
+                        url_keys: tuple[str, ...] = (), url_view: Callable[[dict], dict] | None = None) -> None:
+    """Rebuild ``<prefix>-body`` when ``<prefix>-run`` changes (``build(store, run, *args)``);
+    the URL (shell view) gets ``url_view(view)`` if given, else the run name and the
+    ``url_keys`` of the new view."""
 
     @app.callback(Output(f"{prefix}-body", "children"), Output(f"{prefix}-view", "data"),
                   Output("shell-view", "data", allow_duplicate=True),
@@ -39,4 +40,6 @@ def register_run_switch(app: dash.Dash, prefix: str, build: Callable[..., tuple]
         if not name or unchanged(shown, run=name):
             raise PreventUpdate
         _, body, view = page_body(current_store(), name, build, *args)
+        if url_view is not None:
+            return body, view, url_view(view)
         return body, view, {"run": name, **{k: view.get(k) for k in url_keys}}

@@ -6,7 +6,7 @@ import pytest
 
 import workbench as wb
 from analyses import Context, alignment, encoder_heads
-from analyses._speech import synth_words, word_tokens, words_of
+from analyses._speech import synth_words, words_of
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import dash
 from dash import Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
-from ..components import (control, dropdown, message, metrics_table, page_body, page_title,
-                          run_picker)
+from ..components import control, dropdown, message, metrics_table
 from ..fig_pattern import pattern_figure
 from ..routes import audio_url
 from ..run import Run, RunError
+from ..run_page import register_run_switch, run_page
 from ..view import as_int, current_store, input_options, pick_head, pick_input, unchanged
 
 
@@ -69,31 +69,16 @@ def _body(store, run: Run, stream, layer, head, index) -> tuple[list, dict]:
 
 
 def layout(run=None, stream=None, layer=None, head=None, input=None, **_q):  # noqa: A002
-    store = current_store()
-    r, body, view = page_body(store, run, _body, stream, layer, head, input)
-    return html.Div([
-        page_title("Head detail", "one head's attention pattern; top: mean attention received "
-                   "per key, right: entropy per query row"),
-        html.Div(run_picker("detail", store, r.name if r else None), className="controls"),
-        html.Div(body, id="detail-body"),
-        dcc.Store(id="detail-view", data=view),
-    ])
+    return run_page("detail", "Head detail", "one head's attention pattern; top: mean attention received "
+                    "per key, right: entropy per query row", _body, run, stream, layer, head, input)
 
 
 def register(app: dash.Dash) -> None:
     """Add this page and its callbacks to ``app`` (called by ``server.create_app``)."""
     dash.register_page(__name__, path="/detail", name="Head detail",
                        title="workbench · head detail", order=2, layout=layout)
-
-    @app.callback(Output("detail-body", "children"), Output("detail-view", "data"),
-                  Output("shell-view", "data", allow_duplicate=True),
-                  Input("detail-run", "value"), State("detail-view", "data"),
-                  prevent_initial_call=True)
-    def _run_changed(name, shown):
-        if not name or unchanged(shown, run=name):
-            raise PreventUpdate
-        _, body, view = page_body(current_store(), name, _body, None, None, None, None)
-        return body, view, {k: view.get(k) for k in ("run", "stream", "layer", "head", "input")}
+    register_run_switch(app, "detail", _body, None, None, None, None,
+                        url_keys=("stream", "layer", "head", "input"))
 
     @app.callback(Output("detail-layer", "options"), Output("detail-layer", "value"),
                   Output("detail-head", "options"), Output("detail-head", "value"),

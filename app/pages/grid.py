@@ -10,12 +10,12 @@ import dash
 from dash import Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
-from ..components import (control, dropdown, message, metrics_table, page_body, page_title,
-                          run_picker)
+from ..components import control, dropdown, message, metrics_table, run_picker
 from ..fig_grid import clicked_head, head_grid_figure
 from ..fig_pattern import pattern_preview
 from ..metrics import default_metric, label, metric_options
 from ..run import Run, RunError
+from ..run_page import register_run_switch, run_page
 from ..view import current_store, href, one, pick_head, pick_input, unchanged
 
 
@@ -95,30 +95,15 @@ def _url_view(view: dict) -> dict:
 
 
 def layout(run=None, metric=None, compare=None, stream=None, layer=None, head=None, **_q):
-    store = current_store()
-    r, body, view = page_body(store, run, _body, metric, compare, stream, layer, head)
-    return html.Div([
-        page_title("Head grid", "layer × head per stream; hover for numbers, click to select"),
-        html.Div(run_picker("grid", store, r.name if r else None), className="controls"),
-        html.Div(body, id="grid-body"),
-        dcc.Store(id="grid-view", data=view),
-    ])
+    return run_page("grid", "Head grid", "layer × head per stream; hover for numbers, click to select",
+                    _body, run, metric, compare, stream, layer, head)
 
 
 def register(app: dash.Dash) -> None:
     """Add this page and its callbacks to ``app`` (called by ``server.create_app``)."""
     dash.register_page(__name__, path="/grid", name="Head grid",
                        title="workbench · head grid", order=1, layout=layout)
-
-    @app.callback(Output("grid-body", "children"), Output("grid-view", "data"),
-                  Output("shell-view", "data", allow_duplicate=True),
-                  Input("grid-run", "value"), State("grid-view", "data"),
-                  prevent_initial_call=True)
-    def _run_changed(name, shown):
-        if not name or unchanged(shown, run=name):
-            raise PreventUpdate
-        _, body, view = page_body(current_store(), name, _body, None, None, None, None, None)
-        return body, view, _url_view(view)
+    register_run_switch(app, "grid", _body, None, None, None, None, None, url_view=_url_view)
 
     @app.callback(Output("grid-heatmap", "figure"), Output("grid-message", "children"),
                   Output("grid-view", "data", allow_duplicate=True),

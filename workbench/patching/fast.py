@@ -23,6 +23,7 @@ Two ways to apply the patch at the patched layer (``update``):
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ._resume import Resumable
@@ -94,9 +95,7 @@ def fast_effects(res: Resumable, sites: list, z_src: dict, metric, index: torch.
     return out
 
 
-def _lexsort(*keys) -> "np.ndarray":
-    import numpy as np
-
+def _lexsort(*keys) -> np.ndarray:
     return np.lexsort([k.numpy() for k in reversed(keys)], axis=0)
 
 

@@ -50,7 +50,7 @@ def facts(model, n: int = 16, seed: int = 0) -> Task:
     for i in range(n):
         rel, tpl, ok = pool[i % len(pool)]
         a, b = rng.choice(len(ok), 2, replace=False)
-        (s1, _, a1, t1), (s2, _, a2, t2) = ok[a], ok[b]
+        (s1, _, _, t1), (s2, _, _, t2) = ok[a], ok[b]
         if t1 == t2:
             continue
         clean.append(tpl.format(X=s1))
