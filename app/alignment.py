@@ -1,14 +1,16 @@
-"""Word timings from Whisper cross-attention (numpy only; used by the Flow page).
+"""Word timings from Whisper cross-attention (numpy and SciPy, no torch; used by the Flow page).
 
-Follows whisper ``timing.py`` in spirit: average the cross-attention ``[token, frame]`` of a
-few alignment heads, normalise each head per frame, find the monotone token-to-frame path
-with dynamic time warping on the negated matrix, and read each token's start / end frame
-off the path. Encoder frames are 50 per second (20 ms). Special tokens (``<|...|>``) are
-kept in the path (they absorb leading and trailing silence, as in whisper) but get no
+Follows whisper ``timing.py`` through ``workbench.word_timing`` (shared with the alignment
+analysis): average the cross-attention ``[token, frame]`` of a few alignment heads, each
+z-scored along tokens and median-filtered along frames, find the monotone token-to-frame
+path with Whisper's dynamic time warping on the negated matrix, and read each token's
+start / end frame off the path. Encoder frames are 50 per second (20 ms). Special tokens
+(``<|...|>``) are kept in the path (they absorb leading and trailing silence, as in whisper) but get no
 word; a token that starts with a space (or 'Ġ') starts a new word.
 
-"Best" heads are ranked by ``alignment_score``: how peaked each token's attention is times
-how often the peak moves forward in time from one token to the next.
+"Best" heads: the alignment analysis's ranking when the run has one (``alignment.score``
+in heads.parquet); otherwise ``alignment_score`` of the shown input: how peaked each
+token's attention is times how often the peak moves forward in time.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FPS = 50.0
+from workbench.word_timing import FPS, dtw, normalise  # noqa: F401 (FPS, dtw re-exported for fig_flow)
 
 
 @dataclass(frozen=True)
@@ -54,48 +56,11 @@ def best_heads(scores: dict[tuple[int, int], float], k: int = 3) -> list[tuple[i
 
 
 def average_heads(patterns: list[np.ndarray]) -> np.ndarray:
-    """Mean of per-head ``[token, frame]`` matrices, each z-scored per frame across tokens."""
+    """Mean of per-head ``[token, frame]`` matrices, each z-scored along tokens and
+    median-filtered along frames as Whisper does (``workbench.word_timing.normalise``)."""
     if not patterns:
         raise ValueError("no cross-attention heads to average; choose at least one head")
-    out = []
-    for p in patterns:
-        p = p.astype(np.float64)
-        std = p.std(0, keepdims=True)
-        out.append((p - p.mean(0, keepdims=True)) / np.where(std > 0, std, 1.0))
-    return np.mean(out, axis=0)
-
-
-def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Monotone minimum-cost path through ``cost [token, frame]`` from (0, 0) to the end.
-
-    Returns ``(token_index, frame_index)`` arrays of equal length along the path.
-    """
-    n, m = cost.shape
-    acc = np.full((n + 1, m + 1), np.inf)
-    acc[0, 0] = 0.0
-    move = np.zeros((n + 1, m + 1), dtype=np.int8)  # 0 diagonal, 1 from above, 2 from left
-    for i in range(1, n + 1):
-        prev, row, c = acc[i - 1], acc[i], cost[i - 1]
-        for j in range(1, m + 1):
-            d, u, left = prev[j - 1], prev[j], row[j - 1]
-            if d <= u and d <= left:
-                row[j], move[i, j] = c[j - 1] + d, 0
-            elif u <= left:
-                row[j], move[i, j] = c[j - 1] + u, 1
-            else:
-                row[j], move[i, j] = c[j - 1] + left, 2
-    i, j, ti, fj = n, m, [], []
-    while i > 0 and j > 0:
-        ti.append(i - 1)
-        fj.append(j - 1)
-        step = move[i, j]
-        if step == 0:
-            i, j = i - 1, j - 1
-        elif step == 1:
-            i -= 1
-        else:
-            j -= 1
-    return np.array(ti[::-1]), np.array(fj[::-1])
+    return np.mean([normalise(p.astype(np.float64)) for p in patterns], axis=0)
 
 
 def token_spans(matrix: np.ndarray) -> list[tuple[int, int]]:

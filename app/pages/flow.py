@@ -47,14 +47,22 @@ def token_flow(store, run: Run, index: int, quantity: str | None) -> tuple:
             "this run has no flow.parquet")
 
 
-def _cross_scores(store, run: Run, index: int) -> dict[tuple[int, int], float]:
+def _cross_scores(store, run: Run, index: int) -> tuple[dict[tuple[int, int], float], str]:
+    """Score per cross-attention (layer, head) and what it is: the alignment analysis's
+    ``alignment.score`` when the run has it, else peak x monotonicity on this input."""
+    t = run.heads
+    if "alignment.score" in t.columns:
+        rows = t[(t["stream"] == "cross") & t["alignment.score"].notna()]
+        if len(rows):
+            return ({(int(r.layer), int(r.head)): float(s) for r, s in zip(rows.itertuples(), rows["alignment.score"])},
+                    "alignment analysis score")
     toks = run.tokens(index, "decoder") or []
     scores = {}
     for layer in run.layers("cross"):
         site = store.site_patterns(run.name, "cross", layer, index)
         for h in range(site.shape[0]):
             scores[(layer, h)] = alignment.alignment_score(site[h], toks)
-    return scores
+    return scores, "peak × monotonicity on this input"
 
 
 def word_alignment(store, run: Run, index: int, heads: list[str] | None) -> tuple:
@@ -62,7 +70,7 @@ def word_alignment(store, run: Run, index: int, heads: list[str] | None) -> tupl
     toks = run.tokens(index, "decoder") or []
     chosen = [tuple(int(x) for x in h.split("/")) for h in heads or []]
     if not chosen:
-        chosen = alignment.best_heads(_cross_scores(store, run, index), k=3)
+        chosen = alignment.best_heads(_cross_scores(store, run, index)[0], k=3)
     mats = [store.pattern(run.name, "cross", layer, index, h) for layer, h in chosen]
     matrix = alignment.average_heads(mats)
     words = alignment.word_timings(toks, matrix)
@@ -80,13 +88,13 @@ def _alignment_card(store, run: Run, index: int, available: set[int]) -> tuple[l
                 dcc.Dropdown(id="flow-heads", multi=True, style={"display": "none"}),
                 dcc.Graph(id="flow-align-graph", style={"display": "none"}),
                 dash_table.DataTable(id="flow-words")], []
-    scores = _cross_scores(store, run, index)
+    scores, how = _cross_scores(store, run, index)
     best = [f"{layer}/{h}" for layer, h in alignment.best_heads(scores, k=3)]
     opts = [{"label": f"L{layer} H{h} (score {s:.2f})", "value": f"{layer}/{h}"}
             for (layer, h), s in sorted(scores.items())]
     fig, words = word_alignment(store, run, index, best)
     return [
-        control("Alignment heads (best first by peak × monotonicity)",
+        control(f"Alignment heads (best first by {how})",
                 dropdown("flow-heads", opts, best, multi=True, width="520px")),
         dcc.Graph(id="flow-align-graph", figure=fig),
         dash_table.DataTable(id="flow-words", data=words,

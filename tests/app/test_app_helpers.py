@@ -145,3 +145,39 @@ def test_dataframe_input_edge_cases():
     empty = pd.DataFrame(columns=["stream", "layer", "input", "position", "rollout"])
     with pytest.raises(ValueError):
         flow_matrix(empty, "self", 0, "rollout")
+
+
+def test_flow_page_prefers_the_alignment_analysis_ranking(store):
+    """With ``alignment.score`` in heads.parquet the default alignment heads are the
+    analysis's best; without it, the per-input peak x monotonicity score picks them."""
+    import dataclasses
+
+    from workbench.app.pages import flow
+
+    run = store.run("whisper")
+    scores, how = flow._cross_scores(store, run, 0)
+    assert how.startswith("peak") and len(scores) == 4 * 6
+    heads = run.heads.copy()
+    score = np.zeros(len(heads))
+    cross = (heads["stream"] == "cross").to_numpy()
+    want = [(2, 4), (0, 1), (3, 3)]
+    for rank, (layer, head) in enumerate(want):
+        score[cross & (heads["layer"] == layer).to_numpy() & (heads["head"] == head).to_numpy()] = 1.0 - rank / 10
+    heads["alignment.score"] = np.where(cross, score, np.nan)
+    ranked = dataclasses.replace(run, heads=heads)
+    scores, how = flow._cross_scores(store, ranked, 0)
+    assert how == "alignment analysis score"
+    assert alignment.best_heads(scores, k=3) == want
+    children, best = flow._alignment_card(store, ranked, 0, {0})
+    assert best == [f"{layer}/{head}" for layer, head in want]
+
+
+def test_average_heads_uses_whisper_normalisation():
+    """z-score along tokens and a width-7 median filter along frames, as Whisper's timing.py."""
+    from scipy.ndimage import median_filter
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((5, 40)), rng.random((5, 40))
+    z = lambda m: (m - m.mean(0)) / m.std(0)  # noqa: E731
+    want = (median_filter(z(a), size=(1, 7), mode="nearest") + median_filter(z(b), size=(1, 7), mode="nearest")) / 2
+    np.testing.assert_allclose(alignment.average_heads([a, b]), want, rtol=1e-12, atol=1e-12)
