@@ -14,6 +14,7 @@ page module unimportable before an app exists.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def make_app_server(runs_dir: str | os.PathLike, host: str = "127.0.0.1", port: 
 
 
 def serve(runs_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8050,
-          token: str | None = None) -> None:
+          token: str | None = None, access_log: bool = False) -> None:
     """Serve the dashboard until interrupted (Ctrl-C). Blocks.
 
     Args:
@@ -82,6 +83,8 @@ def serve(runs_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8050
         host: interface to bind; anything but loopback requires ``token``.
         port: TCP port (0 picks a free one).
         token: shared secret; when set, requests must carry it (else 401).
+        access_log: log every request (werkzeug's access log) to stderr; off by default,
+            errors are logged either way.
 
     Raises:
         ValueError: non-loopback ``host`` without ``token``.
@@ -89,6 +92,7 @@ def serve(runs_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8050
         OSError: the port is in use.
     """
     server = make_app_server(Path(runs_dir), host, port, token)
+    logging.getLogger("werkzeug").setLevel(logging.INFO if access_log else logging.WARNING)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{server.server_port}/" + (f"?token={token}" if token else "")
     print(f"workbench dashboard on {url} (runs in {Path(runs_dir).resolve()}); Ctrl-C stops it",

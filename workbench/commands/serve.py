@@ -12,6 +12,7 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8050)
     p.add_argument("--token", default=os.environ.get("WORKBENCH_TOKEN"),
                    help="access token required on every request (default $WORKBENCH_TOKEN)")
+    p.add_argument("--access-log", action="store_true", help="log every request to stderr (default: errors only)")
     p.set_defaults(func=run)
 
 
@@ -21,5 +22,5 @@ def run(args) -> int:
     except ModuleNotFoundError as exc:
         raise ModuleNotFoundError(f"the dashboard needs the 'app' extra ({exc.name} is missing): "
                                   "pip install 'workbench[app]'") from None
-    serve(args.runs_dir, host=args.host, port=args.port, token=args.token)
+    serve(args.runs_dir, host=args.host, port=args.port, token=args.token, access_log=args.access_log)
     return 0
