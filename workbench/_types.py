@@ -67,6 +67,18 @@ class Head:
         return f"{self.stream}/{self.layer}/{self.head}"
 
     @classmethod
+    def from_table(cls, table) -> list["Head"]:
+        """Heads of the rows of a per-head table (any object with ``stream``, ``layer`` and
+        ``head`` columns, e.g. a pandas DataFrame from an analysis or ``heads.parquet``), in row
+        order: ``Head.from_table(heads.nsmallest(5, "entropy.mean_norm"))``. Raises KeyError
+        naming a missing column."""
+        missing = [c for c in ("stream", "layer", "head") if c not in table.columns]
+        if missing:
+            raise KeyError(f"the table has no {', '.join(missing)} column(s); per-head tables have "
+                           "stream, layer and head")
+        return [cls(str(s), int(l), int(h)) for s, l, h in zip(table["stream"], table["layer"], table["head"])]
+
+    @classmethod
     def parse(cls, name: str) -> "Head":
         """Inverse of ``name``: ``Head.parse("self/3/7")``. Raises ValueError on a bad string."""
         parts = name.split("/")
