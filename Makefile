@@ -34,6 +34,8 @@ demo: setup
 	$(VENV)/bin/workbench run whisper-tiny.en --analyses $(AUDIO_ANALYSES) --out $(RUNS)/whisper-tiny.en --force
 	$(VENV)/bin/workbench run minilm-l6 --prompts natural --max-prompts 8 --max-tokens 64 \
 	    --analyses $(TEXT_ANALYSES),faithfulness --out $(RUNS)/minilm-l6 --force
+	$(VENV)/bin/workbench patch smollm2-135m --task ioi --method exact,atp,atp-star \
+	    --out $(RUNS)/smollm2-135m-ioi-patching --force
 
 test: setup system
 	$(PY) -m pytest -q
