@@ -37,19 +37,13 @@ import pandas as pd
 import torch
 
 from workbench.capture import Pattern
-from workbench.word_timing import FPS, dtw, normalise, token_segments  # noqa: F401 (dtw re-exported)
+from workbench.word_timing import (FPS, OPENAI_ALIGNMENT_HEADS, dtw, normalise,  # noqa: F401 (dtw re-exported)
+                                   token_segments)
 
 from ._context import Analysis, Context, Result
 from ._speech import synth_words, word_tokens, words_of
 
-# OpenAI's published alignment heads (openai/whisper v20231106 ``_ALIGNMENT_HEADS``, base85
-# bit masks decoded to (decoder layer, head)); used only to report the overlap with ours.
-OPENAI_HEADS = {
-    "tiny.en": ((1, 0), (2, 0), (2, 5), (3, 0), (3, 1), (3, 2), (3, 3), (3, 4)),
-    "tiny": ((2, 2), (3, 0), (3, 2), (3, 3), (3, 4), (3, 5)),
-    "base.en": ((3, 3), (4, 7), (5, 1), (5, 5), (5, 7)),
-    "base": ((3, 1), (4, 2), (4, 3), (4, 7), (5, 1), (5, 2), (5, 4), (5, 6)),
-}
+OPENAI_HEADS = OPENAI_ALIGNMENT_HEADS   # used only to report the overlap with ours
 SENTENCES = (
     "The quick brown fox jumps over the lazy dog",
     "Attention heads in language models",

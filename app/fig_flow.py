@@ -77,7 +77,7 @@ def alignment_figure(matrix: np.ndarray, tokens: list[str], words: list[Word],
     fig.add_trace(go.Scatter(x=fj / FPS, y=ti, mode="lines", line={"color": "#d62728", "width": 2},
                              name="DTW path", hoverinfo="skip"), row=1, col=1)
     fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=list(range(n_tok)),
-                     ticktext=labels, row=1, col=1)
+                     ticktext=labels, title_text="predicted token", row=1, col=1)
     if mel is not None:
         m, fm = pool(mel, 2 * MAX_BINS, 1, how="mean")
         fig.add_trace(go.Heatmap(z=m, x=np.arange(0, mel.shape[1], fm) / MEL_FPS,

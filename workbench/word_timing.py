@@ -14,6 +14,23 @@ import numpy as np
 
 FPS = 50.0          # Whisper encoder frames per second
 
+# OpenAI's published alignment heads (openai/whisper v20231106 ``_ALIGNMENT_HEADS``, base85
+# bit masks decoded to (decoder layer, head)), by model size.
+OPENAI_ALIGNMENT_HEADS = {
+    "tiny.en": ((1, 0), (2, 0), (2, 5), (3, 0), (3, 1), (3, 2), (3, 3), (3, 4)),
+    "tiny": ((2, 2), (3, 0), (3, 2), (3, 3), (3, 4), (3, 5)),
+    "base.en": ((3, 3), (4, 7), (5, 1), (5, 5), (5, 7)),
+    "base": ((3, 1), (4, 2), (4, 3), (4, 7), (5, 1), (5, 2), (5, 4), (5, 6)),
+}
+
+
+def published_heads(model_name: str) -> tuple[tuple[int, int], ...] | None:
+    """OpenAI's alignment heads for a Whisper model named like ``whisper-tiny.en`` or
+    ``openai/whisper-base``; None for other models."""
+    if "whisper-" not in model_name:
+        return None
+    return OPENAI_ALIGNMENT_HEADS.get(model_name.rsplit("whisper-", 1)[-1])
+
 
 def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Whisper's DTW (``timing.dtw_cpu`` + backtrace) on ``cost`` [tokens, frames]:

@@ -11,6 +11,8 @@ import dash
 from dash import Input, Output, State, dash_table, dcc, html
 from dash.exceptions import PreventUpdate
 
+from workbench.word_timing import published_heads
+
 from .. import alignment
 from ..components import control, dropdown, message
 from ..fig_flow import alignment_figure, flow_matrix, token_layer_figure
@@ -56,7 +58,7 @@ def _cross_scores(store, run: Run, index: int) -> tuple[dict[tuple[int, int], fl
         if len(rows):
             return ({(int(r.layer), int(r.head)): float(s) for r, s in zip(rows.itertuples(), rows["alignment.score"])},
                     "alignment analysis score")
-    toks = run.tokens(index, "decoder") or []
+    toks = alignment.predicted_tokens(run.tokens(index, "decoder") or [])
     scores = {}
     for layer in run.layers("cross"):
         site = store.site_patterns(run.name, "cross", layer, index)
@@ -65,14 +67,33 @@ def _cross_scores(store, run: Run, index: int) -> tuple[dict[tuple[int, int], fl
     return scores, "peak × monotonicity on this input"
 
 
+def _alignment_heads(store, run: Run, index: int) -> tuple[dict[tuple[int, int], float], str, list[tuple[int, int]], str]:
+    """(score per cross head for the picker, what the score is, default heads best first, how
+    they were chosen).
+
+    Defaults, in order: the alignment analysis's top 3 when the run has it; else OpenAI's
+    published alignment heads for a known Whisper model (what Whisper itself uses); else
+    the 3 best by peak x monotonicity on this input. That last heuristic cannot tell heads
+    that track the predicted token from heads that lag one word behind (measured on
+    whisper-tiny.en: it picked lagging heads), so it is only the fallback."""
+    scores, kind = _cross_scores(store, run, index)
+    if kind.startswith("alignment analysis"):
+        return scores, kind, alignment.best_heads(scores, k=3), f"best 3 by {kind}"
+    published = [lh for lh in published_heads(run.model) or () if lh in scores]
+    if published:
+        return scores, kind, published, f"OpenAI's published alignment heads for {run.model}"
+    return scores, kind, alignment.best_heads(scores, k=3), f"best 3 by {kind}"
+
+
 def word_alignment(store, run: Run, index: int, heads: list[str] | None) -> tuple:
     """(figure, word rows) for the chosen cross heads ("layer/head" strings)."""
     toks = run.tokens(index, "decoder") or []
     chosen = [tuple(int(x) for x in h.split("/")) for h in heads or []]
     if not chosen:
-        chosen = alignment.best_heads(_cross_scores(store, run, index)[0], k=3)
+        chosen = _alignment_heads(store, run, index)[2]
     mats = [store.pattern(run.name, "cross", layer, index, h) for layer, h in chosen]
     matrix = alignment.average_heads(mats)
+    toks = alignment.predicted_tokens(toks)      # row t is the evidence for token t + 1
     words = alignment.word_timings(toks, matrix)
     names = ", ".join(f"L{layer}H{h}" for layer, h in chosen)
     fig = alignment_figure(matrix, toks, words, store.mel(run.name, index),
@@ -88,13 +109,14 @@ def _alignment_card(store, run: Run, index: int, available: set[int]) -> tuple[l
                 dcc.Dropdown(id="flow-heads", multi=True, style={"display": "none"}),
                 dcc.Graph(id="flow-align-graph", style={"display": "none"}),
                 dash_table.DataTable(id="flow-words")], []
-    scores, how = _cross_scores(store, run, index)
-    best = [f"{layer}/{h}" for layer, h in alignment.best_heads(scores, k=3)]
-    opts = [{"label": f"L{layer} H{h} (score {s:.2f})", "value": f"{layer}/{h}"}
+    scores, kind, chosen, how = _alignment_heads(store, run, index)
+    best = [f"{layer}/{h}" for layer, h in chosen]
+    short = "analysis score" if kind.startswith("alignment analysis") else "peak × monotonicity"
+    opts = [{"label": f"L{layer} H{h} ({short} {s:.2f})", "value": f"{layer}/{h}"}
             for (layer, h), s in sorted(scores.items())]
     fig, words = word_alignment(store, run, index, best)
     return [
-        control(f"Alignment heads (best first by {how})",
+        control(f"Alignment heads (default: {how})",
                 dropdown("flow-heads", opts, best, multi=True, width="520px")),
         dcc.Graph(id="flow-align-graph", figure=fig),
         dash_table.DataTable(id="flow-words", data=words,
