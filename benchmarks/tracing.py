@@ -7,7 +7,12 @@ all 270 heads (entropy + sink statistics), and TransformerLens TransformerBridge
 run_with_cache, interleaved on the same input at T = 256, median of --reps.
 Memory: in a fresh process that has loaded the model, the peak RSS (VmHWM, reset through
 /proc/self/clear_refs just before the forward) of one plain forward, one statistics-only
-trace, and for contrast one trace that keeps every layer's pattern, at T = 256 and 2048.
+trace (probabilities in blocks of query rows, ``_attention.STATS_BLOCK_BYTES``), the same
+with the whole T x T of a site at once (``stats-1block``, the behaviour before blocking),
+and for contrast one trace that keeps every layer's pattern, at T = 256, 2048 and 4096
+(no all-patterns run at 4096: ~18 GiB).
+
+    python benchmarks/tracing.py --memory-only
 """
 from __future__ import annotations
 
@@ -64,8 +69,11 @@ def timing(reps: int, lens: bool) -> list[tuple[str, float]]:
 
 CHILD = r"""
 import json, sys, torch, workbench as wb
+from workbench import _attention
 from workbench.batch import Batch
 t, mode = int(sys.argv[1]), sys.argv[2]
+if mode == "stats-1block":
+    _attention.STATS_BLOCK_BYTES = 1 << 62
 model = wb.load("smollm2-135m")
 g = torch.Generator().manual_seed(0)
 ids = torch.randint(100, 49000, (1, t), generator=g)
@@ -78,19 +86,22 @@ with torch.no_grad():
     model.run(Batch({"input_ids": ids[:, :8]}, {"self": torch.ones(1, 8, dtype=torch.bool)}))  # warm-up
 open("/proc/self/clear_refs", "w").write("5")          # reset the peak RSS (VmHWM) to the current RSS
 base = hwm_mib()
+import time
+t0 = time.perf_counter()
 with torch.no_grad():
     if mode == "plain":
         model.run(batch)
     else:
-        model.run(batch, capture=[wb.Stats()] if mode == "stats" else [wb.Pattern()])
-print(json.dumps({"base_mib": base, "peak_mib": hwm_mib()}))
+        model.run(batch, capture=[wb.Stats()] if mode.startswith("stats") else [wb.Pattern()])
+seconds = time.perf_counter() - t0
+print(json.dumps({"base_mib": base, "peak_mib": hwm_mib(), "seconds": seconds}))
 """
 
 
 def memory() -> list[tuple[int, str, dict]]:
     rows = []
-    for t in (256, 2048):
-        for mode in ("plain", "stats", "pattern"):
+    for t in (256, 2048, 4096):
+        for mode in ("plain", "stats", "stats-1block") + (("pattern",) if t <= 2048 else ()):
             r = subprocess.run([sys.executable, "-c", CHILD, str(t), mode], capture_output=True, text=True)
             if r.returncode != 0:
                 rows.append((t, mode, {"error": r.stderr.strip().splitlines()[-1]}))
@@ -103,20 +114,23 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--skip-lens", action="store_true")
+    ap.add_argument("--memory-only", action="store_true")
     args = ap.parse_args()
-    rows = timing(args.reps, not args.skip_lens)
-    base = rows[0][1]
-    print(f"\nsmollm2-135m, batch 1, T = {T_TIME}, torch threads = {torch.get_num_threads()}, median of {args.reps}")
-    print(f"{'method':<34}{'seconds':>10}{'x SDPA':>9}")
-    for k, v in rows:
-        print(f"{k:<34}{v:>10.4f}{v / base:>9.2f}")
+    if not args.memory_only:
+        rows = timing(args.reps, not args.skip_lens)
+        base = rows[0][1]
+        print(f"\nsmollm2-135m, batch 1, T = {T_TIME}, torch threads = {torch.get_num_threads()}, median of {args.reps}")
+        print(f"{'method':<34}{'seconds':>10}{'x SDPA':>9}")
+        for k, v in rows:
+            print(f"{k:<34}{v:>10.4f}{v / base:>9.2f}")
     print("\npeak RSS of a fresh process (model loaded, one forward)")
-    print(f"{'T':>6}  {'capture':<10}{'before MiB':>12}{'peak MiB':>10}{'added MiB':>11}")
+    print(f"{'T':>6}  {'capture':<14}{'before MiB':>12}{'peak MiB':>10}{'added MiB':>11}{'seconds':>9}")
     for t, mode, r in memory():
         if "error" in r:
-            print(f"{t:>6}  {mode:<10}  error: {r['error']}")
+            print(f"{t:>6}  {mode:<14}  error: {r['error']}")
         else:
-            print(f"{t:>6}  {mode:<10}{r['base_mib']:>12.0f}{r['peak_mib']:>10.0f}{r['peak_mib'] - r['base_mib']:>11.0f}")
+            print(f"{t:>6}  {mode:<14}{r['base_mib']:>12.0f}{r['peak_mib']:>10.0f}{r['peak_mib'] - r['base_mib']:>11.0f}"
+                  f"{r['seconds']:>9.2f}")
 
 
 if __name__ == "__main__":

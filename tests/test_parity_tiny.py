@@ -87,6 +87,27 @@ def test_stats_match_reduced_eager_patterns(family):
         assert torch.allclose(st.col_sum, torch.einsum("bhqk->bhk", p * rows[:, None, :, None]), atol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_blocked_stats_equal_one_block(family, monkeypatch):
+    """Statistics computed one query row at a time (``STATS_BLOCK_BYTES`` = 1) equal the
+    statistics of the whole pattern at once, every field (padding, causal offsets, cross)."""
+    model = wb.wrap(tiny_hf(family))
+    batch = tiny_batch(family, model.hf)
+    whole = model.run(batch, capture=[wb.Stats()]).stats
+    monkeypatch.setattr(_attention, "STATS_BLOCK_BYTES", 1)
+    assert len(_attention.stats_blocks(torch.zeros(2, 4, 7, 8), 16)) == 7
+    rows = model.run(batch, capture=[wb.Stats()]).stats
+    assert rows.keys() == whole.keys()
+    for key, st in whole.items():
+        for name, want in st.to_dict().items():
+            got = getattr(rows[key], name)
+            assert got.shape == want.shape, (key, name)
+            if want.dtype.is_floating_point:
+                assert torch.allclose(got, want, atol=1e-6, rtol=1e-6), (key, name)
+            else:
+                assert torch.equal(got, want), (key, name)
+
+
 def test_ablating_no_head_changes_nothing():
     model = wb.wrap(tiny_hf("llama"))
     batch = Batch(tiny_inputs("llama", model.hf))

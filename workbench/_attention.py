@@ -25,6 +25,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 IMPL = "workbench"
+# Statistics-only traces compute the eager probabilities in blocks of query rows of about
+# this many bytes (float32 [batch, head, rows, key_pos]), so no site's full T x T pattern
+# exists at once. Measured on smollm2-135m, 2 CPU threads (benchmarks/tracing.py): 4 MiB
+# blocks vs the whole pattern at once took 9.2 vs 13.8 s at T = 2048 and 28.9 vs 63.5 s at
+# T = 4096 (cache-sized blocks are faster), with less peak memory; 1 MiB was slower.
+STATS_BLOCK_BYTES = 4 << 20
 ACTIVE: contextvars.ContextVar = contextvars.ContextVar("workbench_active_trace", default=None)
 
 
@@ -35,29 +41,38 @@ def attention_probs(
     attention_mask: torch.Tensor | None,
     scaling: float | None,
     is_causal: bool | None,
+    rows: slice | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager attention probabilities and the allowed-key mask.
 
     Args:
         query: [batch, head, query_pos, d_head].
         key: [batch, kv_head, key_pos, d_head] (GQA heads are repeated here).
-        attention_mask: None, boolean [batch, 1|head, query_pos, key_pos] (True = attend)
+        attention_mask: None, boolean [batch, 1|head, query_pos|1, key_pos] (True = attend)
             or additive float of the same shape.
+        rows: only these query rows (a ``slice`` with a start and a stop; default all);
+            the causal offset of the rows is kept.
 
     Returns:
-        pattern: float32 [batch, head, query_pos, key_pos]; rows with no allowed key are 0.
-        allowed: bool [batch, 1|head, query_pos, key_pos].
+        pattern: float32 [batch, head, rows, key_pos]; rows with no allowed key are 0.
+        allowed: bool [batch, 1|head, rows|1, key_pos].
     """
+    tq_all, tk = query.shape[2], key.shape[2]
+    start = 0
+    if rows is not None:
+        start = rows.start
+        query = query[:, :, rows]
+        if attention_mask is not None and attention_mask.shape[-2] == tq_all:
+            attention_mask = attention_mask[..., rows, :]
     b, h, tq, d = query.shape
-    tk = key.shape[2]
     if key.shape[1] != h:
         key = key.repeat_interleave(h // key.shape[1], dim=1)
     if scaling is None:
         scaling = 1.0 / math.sqrt(d)
     if attention_mask is None:
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-        if causal and tq > 1:
-            qi = torch.arange(tq, device=query.device)[:, None] + (tk - tq)
+        if causal and tq_all > 1:
+            qi = torch.arange(start, start + tq, device=query.device)[:, None] + (tk - tq_all)
             allowed = (torch.arange(tk, device=query.device)[None, :] <= qi)[None, None]
         else:
             allowed = None
@@ -83,6 +98,14 @@ def attention_probs(
     elif not bool(allowed.any(-1).all()):
         pattern = torch.nan_to_num(pattern, nan=0.0)        # rows with no allowed key
     return pattern, allowed
+
+
+def stats_blocks(query: torch.Tensor, key_len: int) -> list[slice]:
+    """Query-row blocks for a statistics-only trace: each float32 [batch, head, rows,
+    key_len] block holds about ``STATS_BLOCK_BYTES``; one block when everything fits."""
+    b, h, tq = query.shape[:3]
+    step = max(1, STATS_BLOCK_BYTES // max(1, b * h * key_len * 4))
+    return [slice(s, min(s + step, tq)) for s in range(0, tq, step)]
 
 
 def workbench_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

@@ -103,7 +103,9 @@ class Tracer:
             isinstance(e, EditPattern) or (isinstance(e, Ablate) and e.kind == "uniform")
             for _, e in self.edits.get(k, [])
         )
-        if need_probs:
+        if need_probs and k not in self.want_pattern and k not in self.edits:
+            self._blocked_stats(site, module, query, key, mask, scaling, is_causal)
+        elif need_probs:
             from ._attention import attention_probs
 
             pattern, allowed = attention_probs(module, query, key, mask, scaling, is_causal)
@@ -117,6 +119,19 @@ class Tracer:
         if k in self.want_z:
             self.z[k] = _append(self.z.get(k), out.detach(), dim=1)
         return out
+
+    def _blocked_stats(self, site: Site, module, query, key, mask, scaling, is_causal) -> None:
+        """Statistics only: probabilities and their reduction one block of query rows at a
+        time (``_attention.stats_blocks``), merged as a KV-cached loop's steps are."""
+        from ._attention import attention_probs, stats_blocks
+
+        qm = self.query_mask.get(site.stream)
+        tq = query.shape[2]
+        qm = None if qm is None else qm[:, -tq:]
+        for rows in stats_blocks(query, key.shape[2]):
+            pattern, allowed = attention_probs(module, query, key, mask, scaling, is_causal, rows=rows)
+            part = reduce_pattern(pattern, allowed, None if qm is None else qm[:, rows])
+            self.stats[site.key] = _merge_stats(self.stats.get(site.key), part)
 
     def _edit(self, site: Site, out: torch.Tensor, value, allowed, tq: int, pattern=None, offset: int = 0) -> torch.Tensor:
         out = out.clone()
