@@ -47,3 +47,18 @@ class Analysis:
     run: Callable[[Context], Result]
     applies: Callable[[Any], str | None] = lambda model: None
     defaults: dict = field(default_factory=dict)
+
+    def __call__(self, model, batch, **params) -> Result:
+        """Run on ``model`` and a prepared ``batch`` with ``defaults`` updated by ``params``
+        (e.g. ``registry()["sinks"](model, batch, threshold=0.5)``), as ``workbench run`` does.
+
+        Raises ValueError when the analysis does not apply to the model (saying why) or a
+        parameter is not one of ``defaults``."""
+        why = self.applies(model)
+        if why:
+            raise ValueError(f"{self.name} does not apply: {why}")
+        bad = sorted(set(params) - set(self.defaults))
+        if bad:
+            raise ValueError(f"{self.name} has no parameter(s) {', '.join(bad)}; its parameters are "
+                             f"{', '.join(self.defaults) or 'none'}")
+        return self.run(Context(model, batch, {**self.defaults, **params}))

@@ -89,3 +89,25 @@ def test_whisper_encoder_analyses_use_only_real_frames(builtin):
     assert (ent["entropy.n_rows"] == n_real).all()
     sinks = sinks_table(trace.stats, trace.query_mask)
     assert (sinks["sinks.top_pos"] < n_real).all()
+
+
+def test_an_analysis_is_callable_with_its_defaults_and_overrides():
+    """``registry()[name](model, batch, **params)`` runs like ``workbench run`` does: defaults
+    updated by params; a parameter it lacks or a model it does not apply to is refused."""
+    from tiny import tiny_batch, tiny_hf
+
+    from workbench.analyses import Context, registry
+
+    model = wb.wrap(tiny_hf("llama"))
+    batch = tiny_batch("llama", model.hf)
+    sinks = registry()["sinks"]
+    for params in ({}, {"epsilon": 0.05}):
+        got = sinks(model, batch, **params).table
+        want = sinks.run(Context(model, batch, {**sinks.defaults, **params})).table
+        assert got.equals(want)
+    loose, strict = sinks(model, batch, epsilon=0.05).table, sinks(model, batch, epsilon=0.9).table
+    assert loose["sinks.is_sink"].sum() >= strict["sinks.is_sink"].sum()
+    with pytest.raises(ValueError, match="no parameter.*thresh.*epsilon"):
+        sinks(model, batch, thresh=0.5)
+    with pytest.raises(ValueError, match="alignment does not apply"):
+        registry()["alignment"](model, batch)
