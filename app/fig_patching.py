@@ -24,6 +24,24 @@ def effect_heatmap(heads: pd.DataFrame, column: str) -> go.Figure:
     return head_grid_figure(heads, column, diverging=True, title=label(column))
 
 
+def position_figure(effects: np.ndarray, heads: list[str], tokens: list[str], *, title: str = "") -> go.Figure:
+    """Heatmap of patching effects ``[head, position]`` (rows named ``heads``, columns the
+    input's tokens), diverging around 0."""
+    lim = float(np.nanmax(np.abs(effects))) if effects.size else 1.0
+    fig = go.Figure(go.Heatmap(
+        z=effects, x=list(range(effects.shape[1])), y=list(range(len(heads))), colorscale="RdBu_r",
+        zmid=0.0, zmin=-lim, zmax=lim, colorbar={"title": "effect"},
+        customdata=np.array([[f"{h} · {t!r}" for t in tokens] for h in heads], dtype=object),
+        hovertemplate="%{customdata}<br>effect %{z:.4g}<extra></extra>"))
+    fig.update_xaxes(tickmode="array", tickvals=list(range(len(tokens))), ticktext=tokens, tickangle=-45,
+                     title_text="query position (token)")
+    fig.update_yaxes(tickmode="array", tickvals=list(range(len(heads))), ticktext=heads, autorange="reversed",
+                     title_text="head")
+    fig.update_layout(title={"text": title, "x": 0.01}, height=160 + 22 * len(heads),
+                      margin={"l": 110, "r": 20, "t": 50, "b": 90})
+    return fig
+
+
 def correlations(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(Pearson r, Spearman rho) over finite pairs; NaN when fewer than 3 pairs."""
     ok = np.isfinite(x) & np.isfinite(y)

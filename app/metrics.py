@@ -62,9 +62,17 @@ def effect_columns(heads: pd.DataFrame) -> list[str]:
     return [c for c in numeric_columns(heads) if analysis_of(c) in EFFECT_PREFIXES]
 
 
+def heatmap_columns(heads: pd.DataFrame) -> list[str]:
+    """Effect columns worth a layer x head heatmap or a scatter axis: not ranks or step
+    numbers (orderings of the effects shown beside them), not all-NaN (e.g. effect_norm of
+    a zero ablation, which has no clean-vs-corrupt gap)."""
+    return [c for c in effect_columns(heads)
+            if ".rank" not in c and ".step_" not in c and heads[c].notna().any()]
+
+
 def exact_and_atp(heads: pd.DataFrame) -> tuple[str | None, str | None]:
     """Best guess of (exact patching column, attribution-patching column) for the scatter."""
-    cols = effect_columns(heads)
+    cols = heatmap_columns(heads)
     atp = next((c for c in cols if "atp" in c.lower()), None)
     exact = next((c for c in cols if c != atp and "exact" in c.lower()), None)
     if exact is None:

@@ -164,6 +164,24 @@ class RunStore:
         """Waveform ``[sample]`` at 16 kHz (float32), or None if not saved."""
         return self._optional(name, "inputs", f"audio/{int(index)}")
 
+    def position_effects(self, name: str) -> dict[tuple[str, int], np.ndarray]:
+        """Per-(head, position) patching effects of a ``workbench patch --per-position`` run:
+        {(stream, layer): float32 [head, input, pos]} from ``patch.safetensors``
+        (``effect_pos/<stream>/<layer>``); empty when the run has none."""
+        path = self.resolve(name) / "patch.safetensors"
+        if not path.is_file():
+            return {}
+        try:
+            keys = [k for k in _tensors.tensor_keys(path) if k.startswith("effect_pos/")]
+            out = {}
+            for k in keys:
+                _, stream, layer = k.split("/")
+                out[(stream, int(layer))] = _tensors.read_tensor(path, k).astype(np.float32)
+            return out
+        except Exception as exc:
+            raise RunError(f"run {name!r}: patch.safetensors is unreadable "
+                           f"({type(exc).__name__}: {self._clean(exc)})") from None
+
     def _rows(self, name: str, stem: str, key: str, index: int) -> np.ndarray:
         path = self.resolve(name) / f"{stem}.safetensors"
         if not path.is_file():

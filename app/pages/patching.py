@@ -1,4 +1,5 @@
-"""Patching & pruning page: effect heatmaps per method, exact vs AtP scatter, pruning curves.
+"""Patching & pruning page: effect heatmaps per method, exact vs AtP scatter, effects per
+query position (``workbench patch --per-position``), pruning curves.
 
 Effect columns are the numeric ``patch.*``, ``atp.*``, ``importance.*``, ``prune.*``
 columns of ``heads.parquet``; pruning curves come from ``prune_curve.parquet``. Runs
@@ -7,18 +8,53 @@ without them say which command adds them.
 from __future__ import annotations
 
 import dash
+import numpy as np
 from dash import Input, Output, State, dcc, html
 
 from ..components import control, dropdown, message
-from ..fig_patching import effect_heatmap, prune_curve_figure, scatter_figure
-from ..metrics import effect_columns, exact_and_atp, label
+from ..fig_patching import effect_heatmap, position_figure, prune_curve_figure, scatter_figure
+from ..metrics import effect_columns, exact_and_atp, heatmap_columns, label
 from ..run import Run, RunError
 from ..run_page import register_run_switch, run_page
-from ..view import current_store
+from ..view import current_store, input_options, pick_input
+
+TOP_HEADS = 20      # heads shown per position: the largest |patch.effect|
+
+
+def position_view(store, run: Run, index: int, k: int = TOP_HEADS):
+    """(figure, note) of the per-position effects of input ``index`` for the ``k`` heads with
+    the largest |patch.effect|, or (None, why) when the run has none."""
+    effects = store.position_effects(run.name)
+    if not effects:
+        return None, "this run has no per-position effects; `workbench patch ... --per-position` adds them"
+    patched: dict = {}
+    for name in ((run.meta.get("analyses") or {}).get("patch") or {}).get("heads", []):
+        stream, layer, head = name.split("/")
+        patched.setdefault((stream, int(layer)), []).append(int(head))
+    rows = []                                              # (name, stream, layer, head, values [pos])
+    for (stream, layer), arr in effects.items():
+        heads = sorted(patched.get((stream, layer), range(arr.shape[0])))
+        for i, h in enumerate(heads[:arr.shape[0]]):
+            rows.append((f"{stream}/{layer}/{h}", stream, layer, h, arr[i, index]))
+    t = run.heads.set_index(["stream", "layer", "head"])
+    if "patch.effect" in t.columns:
+        size = {key: abs(float(v)) for key, v in t["patch.effect"].items()}
+        rows.sort(key=lambda r: -size.get((r[1], r[2], r[3]), 0.0))
+    else:
+        rows.sort(key=lambda r: -float(abs(r[4]).max()))
+    rows = rows[:k]
+    tokens = run.tokens(index, rows[0][1]) if rows else None
+    n = min(len(tokens), rows[0][4].shape[0]) if tokens else (rows[0][4].shape[0] if rows else 0)
+    tokens = (tokens or [str(j) for j in range(n)])[:n]
+    z = np.stack([r[4][:n] for r in rows]) if rows else np.zeros((0, n))
+    fig = position_figure(z, [r[0] for r in rows], tokens,
+                          title=f"effect per query position · input {index} · top {len(rows)} heads by |effect|")
+    return fig, None
 
 
 def _body(store, run: Run) -> tuple[list, dict]:
     cols = effect_columns(run.heads)
+    shown = heatmap_columns(run.heads)
     out = []
     if not cols:
         out.append(message(f"run {run.name!r} has no patching or importance columns; "
@@ -27,11 +63,12 @@ def _body(store, run: Run) -> tuple[list, dict]:
         out.append(html.Div([html.Div(dcc.Graph(id=f"patching-effect-{i}",
                                                 figure=effect_heatmap(run.heads, c)),
                                       className="grow", style={"minWidth": "420px"})
-                             for i, c in enumerate(cols)], className="card row",
+                             for i, c in enumerate(shown)], className="card row",
                             style={"flexWrap": "wrap"}))
+    if len(shown) >= 2:                                # a scatter needs two different quantities
         x, y = exact_and_atp(run.heads)
-        x, y = x or cols[0], y or cols[-1]
-        opts = [{"label": label(c), "value": c} for c in cols]
+        x, y = x or shown[0], y or shown[-1]
+        opts = [{"label": label(c), "value": c} for c in shown]
         out.append(html.Div([
             html.Div([control("x (exact)", dropdown("patching-x", opts, x, width="260px")),
                       control("y (approximation)", dropdown("patching-y", opts, y,
@@ -39,6 +76,15 @@ def _body(store, run: Run) -> tuple[list, dict]:
                      className="controls"),
             dcc.Graph(id="patching-scatter", figure=scatter_figure(run.heads, x, y)),
         ], className="card"))
+    index = pick_input(run, None)
+    fig, why = position_view(store, run, index) if index is not None else (None, "this run lists no inputs")
+    if fig is not None:
+        out.append(html.Div([
+            control("Input", dropdown("patching-pos-input", input_options(run), index, width="520px")),
+            dcc.Graph(id="patching-pos-graph", figure=fig),
+        ], className="card"))
+    elif cols:
+        out.append(message(why, "info"))
     try:
         curve = store.table(run.name, "prune_curve")
         out.append(html.Div(dcc.Graph(id="patching-prune", figure=prune_curve_figure(curve)),
@@ -60,6 +106,15 @@ def register(app: dash.Dash) -> None:
     dash.register_page(__name__, path="/patching", name="Patching & pruning",
                        title="workbench · patching", order=4, layout=layout)
     register_run_switch(app, "patching", _body)
+
+    @app.callback(Output("patching-pos-graph", "figure"), Input("patching-pos-input", "value"),
+                  State("patching-run", "value"), prevent_initial_call=True)
+    def _positions(index, name):
+        try:
+            fig, why = position_view(current_store(), current_store().run(name), int(index))
+        except (RunError, ValueError, TypeError) as exc:
+            return {"layout": {"title": {"text": str(exc)}}}
+        return fig if fig is not None else {"layout": {"title": {"text": why}}}
 
     @app.callback(Output("patching-scatter", "figure"), Input("patching-x", "value"),
                   Input("patching-y", "value"), State("patching-run", "value"),
