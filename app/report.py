@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .metrics import effect_columns, format_value, label
+from .metrics import effect_columns, format_value, heatmap_columns, label
 from .run import Run
 
 CONTEXT = ("taxonomy.class", "entropy.mean_nats", "sinks.alpha1", "retrieval.score")
@@ -38,14 +38,24 @@ def importance_report(run: Run, top: int = 15) -> str:
     lines = [f"# Head-importance report: {run.name}", "",
              f"- model: {model.get('name')} ({model.get('source', '?')}, "
              f"{model.get('dtype', '?')})",
-             f"- inputs: {m['inputs'].get('kind', '?')} / {m['inputs'].get('prompt_set', '?')}"
-             f" ({len(run.items)} items)",
+             f"- inputs: {m['inputs'].get('kind', '?')} / "
+             f"{m['inputs'].get('prompt_set') or m['inputs'].get('task') or '?'} ({len(run.items)} items)"
+             + (f": {m['inputs']['description']}" if m['inputs'].get('description') else ""),
              f"- analyses: {', '.join(sorted(m.get('analyses', {}))) or 'none'}",
              f"- created: {m.get('created', '?')}; seed: {m.get('seed', '?')}; "
              f"git commit: {m.get('git_commit', '?')}",
-             f"- command: `{m.get('command', '?')}`", ""]
+             f"- command: `{m.get('command', '?')}`"]
+    patch = (m.get("analyses") or {}).get("patch")
+    if isinstance(patch, dict) and patch.get("method"):
+        metric = patch.get("metric") or {}
+        lines.append(f"- patching: {patch['method']}, {patch.get('ablation', '?')} ablation, "
+                     f"{patch.get('direction', '?')}; metric {metric.get('name', '?')}; clean "
+                     f"{format_value(patch.get('clean_metric_mean'))}, corrupt "
+                     f"{format_value(patch.get('corrupt_metric_mean'))}"
+                     + "".join(f"; also {a['method']}" for a in patch.get("also", [])))
+    lines.append("")
     heads = run.heads
-    cols = effect_columns(heads)
+    cols = heatmap_columns(heads)                 # effects and scores, not ranks or all-NaN columns
     if not cols:
         lines += ["No importance or patching columns in this run (run `workbench patch` or "
                   "`workbench prune` to add them); ranking by the analysis scores instead.", ""]

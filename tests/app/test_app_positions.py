@@ -61,3 +61,13 @@ def test_patching_page_has_the_position_card_only_with_per_position_runs(pos_run
     assert "patching-pos-graph" not in str(body) and "--per-position" in str(body)
     cols = heatmap_columns(store.run("plain").heads)
     assert "patch.effect" in cols and not any(".rank" in c for c in cols)
+
+
+def test_report_of_a_patch_run_names_the_method_and_skips_rank_columns(pos_run):
+    from workbench.app.report import importance_report
+    from workbench.app.store import RunStore
+
+    text = importance_report(RunStore(pos_run).run("plain"))
+    assert "- patching: exact, resample ablation, noising; metric logit_diff" in text
+    assert "## Top 15 heads by patch: effect" in text
+    assert "patch: rank" not in text and "- inputs: text / " in text and "/ ?" not in text
