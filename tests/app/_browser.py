@@ -46,8 +46,17 @@ def open_page(drv, url: str, *graphs: str, timeout: float = 30) -> float:
     return time.perf_counter() - t0
 
 
+_TEXTS = "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText);"
+
+
+def _texts(drv, css: str) -> list[str]:
+    """Visible texts of the elements matching ``css``, read in one script: Dash may replace an
+    element between a find and a read (StaleElementReferenceException)."""
+    return drv.execute_script(_TEXTS, css)
+
+
 def errors_on_page(drv) -> list[str]:
-    return [e.text for e in drv.find_elements(By.CSS_SELECTOR, ".msg-error")]
+    return _texts(drv, ".msg-error")
 
 
 def shot(drv, name: str) -> Path:
@@ -63,8 +72,7 @@ def shot(drv, name: str) -> Path:
 def click_cell(drv, graph: str, x: float, y: float, xaxis: str = "xaxis",
                yaxis: str = "yaxis") -> None:
     """Click the heatmap cell at data coordinates (x, y) of graph ``#id``."""
-    el = drv.find_element(By.CSS_SELECTOR, graph)
-    drv.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
+    drv.execute_script("document.querySelector(arguments[0]).scrollIntoView({block: 'center'})", graph)
     time.sleep(0.2)
     px, py = drv.execute_script(_CELL_XY, graph, xaxis, yaxis, x, y)
     actions = ActionChains(drv)
@@ -76,5 +84,5 @@ def click_cell(drv, graph: str, x: float, y: float, xaxis: str = "xaxis",
 
 
 def text_of(drv, css: str) -> str:
-    found = drv.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
+    found = _texts(drv, css)
+    return found[0] if found else ""

@@ -82,6 +82,7 @@ def test_token_server_on_all_interfaces_answers_401_over_tcp(runs_dir):
     try:
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(url, timeout=10)
+        err.value.close()              # an HTTPError holds the response's socket: close it, not the GC
         assert err.value.code == 401
         req = urllib.request.Request(url, headers={"Authorization": "Bearer tok"})
         with urllib.request.urlopen(req, timeout=10) as r:

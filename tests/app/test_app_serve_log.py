@@ -1,9 +1,10 @@
 """``workbench serve`` logs requests only with --access-log (errors are always logged)."""
 from __future__ import annotations
 
+import http.client
 import subprocess
 import sys
-import urllib.request
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -16,9 +17,15 @@ def test_access_log_only_on_request(runs_dir, flag):
     try:
         line = proc.stdout.readline()
         assert "workbench dashboard on http://127.0.0.1:" in line, line + proc.stderr.read()
-        url = line.split(" on ", 1)[1].split()[0]
-        with urllib.request.urlopen(url + "grid?run=smol", timeout=60) as r:
+        url = urlsplit(line.split(" on ", 1)[1].split()[0])
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        try:                                   # closed explicitly: no socket left to the GC
+            conn.request("GET", "/grid?run=smol")
+            r = conn.getresponse()
+            r.read()
             assert r.status == 200
+        finally:
+            conn.close()
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
