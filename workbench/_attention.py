@@ -65,8 +65,7 @@ def attention_probs(
         if attention_mask is not None and attention_mask.shape[-2] == tq_all:
             attention_mask = attention_mask[..., rows, :]
     b, h, tq, d = query.shape
-    if key.shape[1] != h:
-        key = key.repeat_interleave(h // key.shape[1], dim=1)
+    key = repeat_kv(key, h)
     if scaling is None:
         scaling = 1.0 / math.sqrt(d)
     if attention_mask is None:
@@ -98,6 +97,14 @@ def attention_probs(
     elif not bool(allowed.any(-1).all()):
         pattern = torch.nan_to_num(pattern, nan=0.0)        # rows with no allowed key
     return pattern, allowed
+
+
+def repeat_kv(key: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """[batch, kv_head, pos, d] -> [batch, n_heads, pos, d] (GQA: each KV head serves
+    n_heads / kv_head query heads); the same tensor when there is nothing to repeat."""
+    if key.shape[1] == n_heads:
+        return key
+    return key.repeat_interleave(n_heads // key.shape[1], dim=1)
 
 
 def stats_blocks(query: torch.Tensor, key_len: int) -> list[slice]:

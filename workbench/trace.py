@@ -123,11 +123,12 @@ class Tracer:
     def _blocked_stats(self, site: Site, module, query, key, mask, scaling, is_causal) -> None:
         """Statistics only: probabilities and their reduction one block of query rows at a
         time (``_attention.stats_blocks``), merged as a KV-cached loop's steps are."""
-        from ._attention import attention_probs, stats_blocks
+        from ._attention import attention_probs, repeat_kv, stats_blocks
 
         qm = self.query_mask.get(site.stream)
         tq = query.shape[2]
         qm = None if qm is None else qm[:, -tq:]
+        key = repeat_kv(key, query.shape[1])            # once per site, not once per block
         for rows in stats_blocks(query, key.shape[2]):
             pattern, allowed = attention_probs(module, query, key, mask, scaling, is_causal, rows=rows)
             part = reduce_pattern(pattern, allowed, None if qm is None else qm[:, rows])
