@@ -51,10 +51,10 @@ def run(args) -> int:
     model, task = load_task(args)
     if args.ablation == "resample" and task.corrupt is None:
         raise UserError(f"task {task.name} has no corrupt inputs; use --ablation zero|mean")
+    units_root = Path(args.units) if args.units else out.parent / f".{out.name}.units"
     results = []
     for m in methods:
-        units = Path(args.units) / m.replace("*", "_star") if args.units else \
-            out.parent / f".{out.name}.units" / m.replace("*", "_star")
+        units = units_root / m.replace("*", "_star")
         if not args.quiet:
             print(f"{m}: {task.name} on {model.name}, {len(task)} pairs, {args.ablation} {args.direction}",
                   file=sys.stderr)
@@ -78,7 +78,7 @@ def run(args) -> int:
     for r in results[1:]:
         tensors[f"patch_{r.method.replace('*', '_star')}"] = r.tensors()
     save_run(out, table, meta, tensors, force=args.force)
-    shutil.rmtree(Path(args.units) if args.units else out.parent / f".{out.name}.units", ignore_errors=True)
+    shutil.rmtree(units_root, ignore_errors=True)
     print(summary(main, task, out))
     return 0
 

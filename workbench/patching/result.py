@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from .._types import Head
+from .._types import STREAMS, Head
 
 
 @dataclass
@@ -86,7 +86,7 @@ class PatchResult:
         return df
 
     def streams(self) -> list[str]:
-        return sorted({h.stream for h in self.heads}, key=lambda s: ("self", "encoder", "decoder", "cross").index(s))
+        return sorted({h.stream for h in self.heads}, key=STREAMS.index)
 
     def tensor(self) -> torch.Tensor:
         """Effects as float32 [stream, layer, head] (streams in ``streams()`` order), NaN where

@@ -145,11 +145,7 @@ def _audio(model, rows, path: Path) -> Task:
         waves.append(a)
         noisy.append(b)
         paths.append(r["clean_audio"])
-    task = speech(model, waves=waves, paths=paths)
-    ids = task.clean.model_inputs["decoder_input_ids"]
-    prompt = len(model.meta.get("prompt_ids", [])) or 1
-    tr = [ids[i, prompt:][task.clean.model_inputs["decoder_attention_mask"][i, prompt:].bool()].tolist()
-          for i in range(len(waves))]
-    task.corrupt = model.prepare_audio(noisy, paths=[r["corrupt_audio"] for r in rows], transcripts=tr)
+    task = speech(model, waves=waves, paths=paths, corrupt_waves=noisy,
+                  corrupt_paths=[r["corrupt_audio"] for r in rows])
     task.name, task.description = path.name, "log p(greedy clean transcript); corrupt = the paired audio file"
     return task

@@ -23,8 +23,13 @@ def add_noise(wave: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
     return (wave + noise).astype(np.float32)
 
 
-def speech(model, n: int | None = None, seed: int = 0, snr_db: float = 0.0, waves=None, paths=None) -> Task:
-    """Whisper transcript task on up to ``n`` clips (default: every bundled clip)."""
+def speech(model, n: int | None = None, seed: int = 0, snr_db: float = 0.0, waves=None, paths=None,
+           corrupt_waves=None, corrupt_paths=None) -> Task:
+    """Whisper transcript task on up to ``n`` clips (default: every bundled clip).
+
+    ``waves`` (16 kHz float32 [samples] each) replace the bundled clips; ``corrupt_waves``
+    (same lengths) replace the noisy copies, e.g. a user's own paired recordings. Raises
+    ValueError for a model that is not Whisper."""
     if model.family.name != "whisper":
         raise ValueError(f"task 'speech' needs a Whisper model (e.g. whisper-tiny.en); {model.name} is {model.kind}")
     if waves is None:
@@ -32,13 +37,15 @@ def speech(model, n: int | None = None, seed: int = 0, snr_db: float = 0.0, wave
 
         paths = [str(p) for p in builtin_clips()][:n] if n else [str(p) for p in builtin_clips()]
         waves = [load_audio(p) for p in paths]
-    noisy = [add_noise(w, snr_db, seed + i) for i, w in enumerate(waves)]
+    noised = corrupt_waves is None
+    if noised:
+        corrupt_waves = [add_noise(w, snr_db, seed + i) for i, w in enumerate(waves)]
     clean = model.prepare_audio(waves, paths=paths)
     prompt = len(model.meta.get("prompt_ids", [])) or 1
     ids = clean.model_inputs["decoder_input_ids"]
     transcripts = [ids[i, prompt:][clean.model_inputs["decoder_attention_mask"][i, prompt:].bool()].tolist()
                    for i in range(len(waves))]
-    corrupt = model.prepare_audio(noisy, paths=paths, transcripts=transcripts)
+    corrupt = model.prepare_audio(corrupt_waves, paths=corrupt_paths or paths, transcripts=transcripts)
     mask = clean.model_inputs["decoder_attention_mask"]
     t = ids.shape[1]
     pos = torch.arange(prompt - 1, t - 1).expand(len(waves), -1)
@@ -46,5 +53,5 @@ def speech(model, n: int | None = None, seed: int = 0, snr_db: float = 0.0, wave
     weights = mask[:, prompt:].float()
     return Task("speech", clean, corrupt, TokenLogProb(pos, targets, weights, reduce="sum"),
                 f"log p(greedy clean transcript), summed over tokens; corrupt = white noise at {snr_db:g} dB SNR",
-                {"paths": paths, "snr_db": snr_db, "seed": seed,
+                {"paths": paths, "snr_db": snr_db if noised else None, "seed": seed,
                  "transcripts": [it.get("text", "") for it in clean.items]})
