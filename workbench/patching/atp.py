@@ -87,18 +87,18 @@ def atp_effects(model, batch, edits, z_src, metric, index: torch.Tensor, keys: l
             h.remove()
     m = metric.evaluate(trace.output, index)
     total = m.sum()
-    order = [k for k in keys]
+    order = list(keys)
     inputs = [xs[k] for k in order]
+    deltas = []                                                    # z'_h - z_h, [n, pos, head, d_head]
+    for k, x in zip(order, inputs):
+        site = model.site(*k)
+        zb = x.detach().reshape(*x.shape[:2], site.n_heads, site.d_head)
+        deltas.append(z_src(k, zb).to(zb.dtype) - zb)
 
     def estimate(grads) -> dict:
         out = {}
-        for k, x, g in zip(order, inputs, grads):
-            site = model.site(*k)
-            shape = (*x.shape[:2], site.n_heads, site.d_head)     # [n, pos, head, d_head]
-            zb = x.detach().reshape(shape)
-            zs = z_src(k, zb)
-            g = torch.zeros_like(zb) if g is None else g.reshape(shape)
-            e = ((zs.to(zb.dtype) - zb) * g).sum(-1)               # [n, pos, head]
+        for k, d, g in zip(order, deltas, grads):
+            e = (d * (torch.zeros_like(d) if g is None else g.reshape(d.shape))).sum(-1)   # [n, pos, head]
             out[k] = e.permute(0, 2, 1).float() if per_position else e.sum(1).float()
         return out
 

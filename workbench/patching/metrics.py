@@ -215,12 +215,12 @@ class CosineSimilarity(Metric):
         self.pos = torch.arange(t).expand(n, t)
 
     def __call__(self, out, rows):
-        w = self.weights[rows][..., None].to(_f(out).dtype)
-        emb = (_f(out) * w).sum(1) / w.sum(1).clamp_min(1e-9)
+        emb = mean_pool(out, self.weights[rows])
         return torch.nn.functional.cosine_similarity(emb, self.reference[rows].to(emb.dtype), dim=-1)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of hidden [batch, T, d] over positions where mask [batch, T] is 1."""
-    w = mask.float()[..., None]
-    return (hidden.float() * w).sum(1) / w.sum(1).clamp_min(1e-9)
+    """Mean of hidden [batch, T, d] over positions where mask [batch, T] is 1 (weights in
+    general), float32 [batch, d] (float64 for a float64 model)."""
+    w = mask[..., None].to(_f(hidden).dtype)
+    return (_f(hidden) * w).sum(1) / w.sum(1).clamp_min(1e-9)
