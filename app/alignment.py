@@ -5,8 +5,8 @@ analysis): average the cross-attention ``[token, frame]`` of a few alignment hea
 z-scored along tokens and median-filtered along frames, find the monotone token-to-frame
 path with Whisper's dynamic time warping on the negated matrix, and read each token's
 start / end frame off the path. Encoder frames are 50 per second (20 ms). Special tokens
-(``<|...|>``) are kept in the path (they absorb leading and trailing silence, as in whisper) but get no
-word; a token that starts with a space (or 'Ġ') starts a new word.
+(``<|...|>``) are kept in the path (they absorb leading and trailing silence, as in
+whisper) but get no word; a token that starts with a space (or 'Ġ') starts a new word.
 
 "Best" heads: the alignment analysis's ranking when the run has one (``alignment.score``
 in heads.parquet); otherwise ``alignment_score`` of the shown input: how peaked each

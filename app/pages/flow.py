@@ -49,40 +49,39 @@ def token_flow(store, run: Run, index: int, quantity: str | None) -> tuple:
             "this run has no flow.parquet")
 
 
-def _cross_scores(store, run: Run, index: int) -> tuple[dict[tuple[int, int], float], str]:
-    """Score per cross-attention (layer, head) and what it is: the alignment analysis's
-    ``alignment.score`` when the run has it, else peak x monotonicity on this input."""
+def _cross_scores(store, run: Run, index: int) -> tuple[dict[tuple[int, int], float], bool]:
+    """Score per cross-attention (layer, head), and whether it is the alignment analysis's
+    ``alignment.score`` (when the run has it) rather than peak x monotonicity on this input."""
     t = run.heads
     if "alignment.score" in t.columns:
         rows = t[(t["stream"] == "cross") & t["alignment.score"].notna()]
         if len(rows):
-            return ({(int(r.layer), int(r.head)): float(s) for r, s in zip(rows.itertuples(), rows["alignment.score"])},
-                    "alignment analysis score")
+            return {(int(r.layer), int(r.head)): float(s) for r, s in zip(rows.itertuples(), rows["alignment.score"])}, True
     toks = alignment.predicted_tokens(run.tokens(index, "decoder") or [])
     scores = {}
     for layer in run.layers("cross"):
         site = store.site_patterns(run.name, "cross", layer, index)
         for h in range(site.shape[0]):
             scores[(layer, h)] = alignment.alignment_score(site[h], toks)
-    return scores, "peak × monotonicity on this input"
+    return scores, False
 
 
-def _alignment_heads(store, run: Run, index: int) -> tuple[dict[tuple[int, int], float], str, list[tuple[int, int]], str]:
-    """(score per cross head for the picker, what the score is, default heads best first, how
-    they were chosen).
+def _alignment_heads(store, run: Run, index: int) -> tuple[dict[tuple[int, int], float], bool, list[tuple[int, int]], str]:
+    """(score per cross head for the picker, whether the scores are the analysis's, default
+    heads best first, how they were chosen).
 
     Defaults, in order: the alignment analysis's top 3 when the run has it; else OpenAI's
     published alignment heads for a known Whisper model (what Whisper itself uses); else
     the 3 best by peak x monotonicity on this input. That last heuristic cannot tell heads
     that track the predicted token from heads that lag one word behind (measured on
     whisper-tiny.en: it picked lagging heads), so it is only the fallback."""
-    scores, kind = _cross_scores(store, run, index)
-    if kind.startswith("alignment analysis"):
-        return scores, kind, alignment.best_heads(scores, k=3), f"best 3 by {kind}"
+    scores, analysed = _cross_scores(store, run, index)
+    if analysed:
+        return scores, analysed, alignment.best_heads(scores, k=3), "best 3 by alignment analysis score"
     published = [lh for lh in published_heads(run.model) or () if lh in scores]
     if published:
-        return scores, kind, published, f"OpenAI's published alignment heads for {run.model}"
-    return scores, kind, alignment.best_heads(scores, k=3), f"best 3 by {kind}"
+        return scores, analysed, published, f"OpenAI's published alignment heads for {run.model}"
+    return scores, analysed, alignment.best_heads(scores, k=3), "best 3 by peak × monotonicity on this input"
 
 
 def word_alignment(store, run: Run, index: int, heads: list[str] | None) -> tuple:
@@ -109,9 +108,9 @@ def _alignment_card(store, run: Run, index: int, available: set[int]) -> tuple[l
                 dcc.Dropdown(id="flow-heads", multi=True, style={"display": "none"}),
                 dcc.Graph(id="flow-align-graph", style={"display": "none"}),
                 dash_table.DataTable(id="flow-words")], []
-    scores, kind, chosen, how = _alignment_heads(store, run, index)
+    scores, analysed, chosen, how = _alignment_heads(store, run, index)
     best = [f"{layer}/{h}" for layer, h in chosen]
-    short = "analysis score" if kind.startswith("alignment analysis") else "peak × monotonicity"
+    short = "analysis score" if analysed else "peak × monotonicity"
     opts = [{"label": f"L{layer} H{h} ({short} {s:.2f})", "value": f"{layer}/{h}"}
             for (layer, h), s in sorted(scores.items())]
     fig, words = word_alignment(store, run, index, best)

@@ -155,8 +155,8 @@ def test_flow_page_prefers_the_alignment_analysis_ranking(store):
     from workbench.app.pages import flow
 
     run = store.run("whisper")
-    scores, how = flow._cross_scores(store, run, 0)
-    assert how.startswith("peak") and len(scores) == 4 * 6
+    scores, analysed = flow._cross_scores(store, run, 0)
+    assert not analysed and len(scores) == 4 * 6
     heads = run.heads.copy()
     score = np.zeros(len(heads))
     cross = (heads["stream"] == "cross").to_numpy()
@@ -165,8 +165,8 @@ def test_flow_page_prefers_the_alignment_analysis_ranking(store):
         score[cross & (heads["layer"] == layer).to_numpy() & (heads["head"] == head).to_numpy()] = 1.0 - rank / 10
     heads["alignment.score"] = np.where(cross, score, np.nan)
     ranked = dataclasses.replace(run, heads=heads)
-    scores, how = flow._cross_scores(store, ranked, 0)
-    assert how == "alignment analysis score"
+    scores, analysed = flow._cross_scores(store, ranked, 0)
+    assert analysed
     assert alignment.best_heads(scores, k=3) == want
     children, best = flow._alignment_card(store, ranked, 0, {0})
     assert best == [f"{layer}/{head}" for layer, head in want]
