@@ -31,23 +31,18 @@ def position_view(store, run: Run, index: int, k: int = TOP_HEADS):
     for name in ((run.meta.get("analyses") or {}).get("patch") or {}).get("heads", []):
         stream, layer, head = name.split("/")
         patched.setdefault((stream, int(layer)), []).append(int(head))
-    rows = []                                              # (name, stream, layer, head, values [pos])
+    rows = []                                              # ((stream, layer, head), values [pos])
     for (stream, layer), arr in effects.items():
         heads = sorted(patched.get((stream, layer), range(arr.shape[0])))
-        for i, h in enumerate(heads[:arr.shape[0]]):
-            rows.append((f"{stream}/{layer}/{h}", stream, layer, h, arr[i, index]))
-    t = run.heads.set_index(["stream", "layer", "head"])
-    if "patch.effect" in t.columns:
-        size = {key: abs(float(v)) for key, v in t["patch.effect"].items()}
-        rows.sort(key=lambda r: -size.get((r[1], r[2], r[3]), 0.0))
-    else:
-        rows.sort(key=lambda r: -float(abs(r[4]).max()))
-    rows = rows[:k]
-    tokens = run.tokens(index, rows[0][1]) if rows else None
-    n = min(len(tokens), rows[0][4].shape[0]) if tokens else (rows[0][4].shape[0] if rows else 0)
-    tokens = (tokens or [str(j) for j in range(n)])[:n]
-    z = np.stack([r[4][:n] for r in rows]) if rows else np.zeros((0, n))
-    fig = position_figure(z, [r[0] for r in rows], tokens,
+        rows += [((stream, layer, h), arr[i, index]) for i, h in enumerate(heads[:arr.shape[0]])]
+    size = run.heads.set_index(["stream", "layer", "head"])["patch.effect"].abs().to_dict() \
+        if "patch.effect" in run.heads.columns else {}
+    rows = sorted(rows, key=lambda r: -size.get(r[0], 0.0))[:k]
+    n = rows[0][1].shape[0] if rows else 0
+    tokens = run.tokens(index, rows[0][0][0]) if rows else None
+    tokens = tokens[:n] if tokens else [str(j) for j in range(n)]
+    z = np.stack([v[:len(tokens)] for _, v in rows]) if rows else np.zeros((0, 0))
+    fig = position_figure(z, ["/".join(map(str, key)) for key, _ in rows], tokens,
                           title=f"effect per query position · input {index} · top {len(rows)} heads by |effect|")
     return fig, None
 
