@@ -54,7 +54,7 @@ def test_units_run_in_worker_processes_equal_in_process(tmp_path):
 
     import workbench as wb
     from workbench import tasks
-    from workbench.patching import patch
+    from workbench.patching import PatchConfig, Sweep, patch
 
     tiny_hf("llama").save_pretrained(tmp_path / "tiny-llama")
     pairs = tmp_path / "pairs.jsonl"
@@ -68,6 +68,7 @@ def test_units_run_in_worker_processes_equal_in_process(tmp_path):
     here = patch(model, task.clean, task.metric, corrupt=task.corrupt, **config)
     build = partial(_build, str(tmp_path / "tiny-llama"), str(pairs), config)
     there = patch(model, task.clean, task.metric, corrupt=task.corrupt, executor=ProcessExecutor(build), **config)
-    assert len(_build(str(tmp_path / "tiny-llama"), str(pairs), config).units()) > 2     # several units, 2 workers
+    units = Sweep(model, task.clean, task.metric, corrupt=task.corrupt, config=PatchConfig(**config)).units()
+    assert len(units) > 2                                                  # several units, 2 workers
     assert torch.isfinite(there.per_input).all() and there.per_input.abs().sum() > 0
     torch.testing.assert_close(there.per_input, here.per_input, atol=1e-6, rtol=0)
