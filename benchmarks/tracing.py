@@ -68,7 +68,7 @@ def timing(reps: int, lens: bool) -> list[tuple[str, float]]:
 
 
 CHILD = r"""
-import json, sys, torch, workbench as wb
+import json, sys, time, torch, workbench as wb
 from workbench import _attention
 from workbench.batch import Batch
 t, mode = int(sys.argv[1]), sys.argv[2]
@@ -86,7 +86,6 @@ with torch.no_grad():
     model.run(Batch({"input_ids": ids[:, :8]}, {"self": torch.ones(1, 8, dtype=torch.bool)}))  # warm-up
 open("/proc/self/clear_refs", "w").write("5")          # reset the peak RSS (VmHWM) to the current RSS
 base = hwm_mib()
-import time
 t0 = time.perf_counter()
 with torch.no_grad():
     if mode == "plain":
