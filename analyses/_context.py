@@ -50,7 +50,7 @@ class Analysis:
 
     def __call__(self, model, batch, **params) -> Result:
         """Run on ``model`` and a prepared ``batch`` with ``defaults`` updated by ``params``
-        (e.g. ``registry()["sinks"](model, batch, threshold=0.5)``), as ``workbench run`` does.
+        (e.g. ``registry()["sinks"](model, batch, epsilon=0.5)``), as ``workbench run`` does.
 
         Raises ValueError when the analysis does not apply to the model (saying why) or a
         parameter is not one of ``defaults``."""
