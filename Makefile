@@ -3,9 +3,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 RUNS   ?= runs
-APT    := espeak-ng sox chromium chromium-driver
+# Debian packages: the demo's Whisper alignment analysis synthesises probe speech with espeak-ng
+# (converted with sox); the tests also drive a headless browser.
+DEMO_APT := espeak-ng sox
+TEST_APT := $(DEMO_APT) chromium chromium-driver
 
-.PHONY: setup system demo test clean
+.PHONY: setup system system-demo demo test clean
 
 $(VENV)/.installed: pyproject.toml requirements-models.txt
 	python3 -m venv $(VENV)
@@ -17,18 +20,25 @@ $(VENV)/.installed: pyproject.toml requirements-models.txt
 
 setup: $(VENV)/.installed
 
-# Debian packages the tests use: speech synthesis (espeak-ng, sox) and a headless browser.
-system:
-	@missing=""; for p in $(APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Install the Debian packages in $(1) that dpkg does not list as installed (root for apt-get).
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
+
+system-demo:
+	$(call apt_install,$(DEMO_APT))
+
+system:
+	$(call apt_install,$(TEST_APT))
 
 TEXT_ANALYSES  := entropy,sinks,hidden_sinks,massive,rollout,flow,taxonomy
 AUDIO_ANALYSES := entropy,sinks,hidden_sinks,rollout,alignment,encoder_heads,taxonomy
 
-demo: setup
+demo: setup system-demo
 	$(VENV)/bin/workbench run smollm2-135m --prompts natural --max-prompts 8 --max-tokens 64 \
 	    --analyses $(TEXT_ANALYSES) --out $(RUNS)/smollm2-135m --force
 	$(VENV)/bin/workbench run whisper-tiny.en --analyses $(AUDIO_ANALYSES) --out $(RUNS)/whisper-tiny.en --force
