@@ -17,18 +17,25 @@ change is an improvement. Causal LMs only (the metric needs an LM head).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import torch
 
 from workbench._types import Head
 from workbench.capture import EditPattern
 
-from ._context import Analysis, Context, Result
+from ._context import Analysis, Context, Params, Result, param
 from .hidden_sinks import hidden_sinks_table
 from .kv_plan import lm_loss
 
 BETA = 0.4
 THRESHOLD = 0.1
+
+
+@dataclass(frozen=True)
+class ActParams(Params, analysis="act"):
+    beta: float = param(BETA, lo=0, hi=1, doc="factor applied to the sink columns' attention")
 
 
 def applies(model) -> str | None:
@@ -68,7 +75,7 @@ def _run(ctx: Context) -> Result:
     reason = applies(model)
     if reason:
         raise ValueError(reason)
-    beta = float(p.get("beta", BETA))
+    beta = p.beta
     trace = ctx.stats_trace()
     tokens = [it.get("tokens", {}) for it in batch.items]
     table, _ = hidden_sinks_table(trace.stats, trace.query_mask, tokens)
@@ -93,4 +100,4 @@ def _run(ctx: Context) -> Result:
     return Result(table[["stream", "layer", "head", "act.calibrated_in"]], tables={"act": out}, summary=summary)
 
 
-ANALYSIS = Analysis("act", _run, applies, defaults={"beta": BETA})
+ANALYSIS = Analysis("act", _run, applies, params=ActParams)

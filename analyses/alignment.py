@@ -32,6 +32,8 @@ longer than 30 s (from ``prepare_audio``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
@@ -40,7 +42,7 @@ from workbench.capture import Pattern
 from workbench.word_timing import (FPS, OPENAI_ALIGNMENT_HEADS, dtw, normalise,  # noqa: F401 (dtw re-exported)
                                    token_segments)
 
-from ._context import Analysis, Context, Result
+from ._context import Analysis, Context, Params, Result, param
 from ._speech import synth_words, word_tokens, words_of
 
 OPENAI_HEADS = OPENAI_ALIGNMENT_HEADS   # used only to report the overlap with ours
@@ -50,6 +52,20 @@ SENTENCES = (
     "Please call Stella and ask her to bring these things with her from the store",
     "Seven green lanterns were hanging above the narrow wooden bridge",
 )
+
+
+@dataclass(frozen=True)
+class AlignmentParams(Params, analysis="alignment"):
+    """Probe speech (espeak-ng: ``sentences``, ``voice``, ``speed`` in words per minute,
+    ``gap_s`` of silence between words), scoring tolerance ``tol_s`` (None: gap_s / 2),
+    ``n_heads`` best heads used for word times."""
+
+    sentences: tuple[str, ...] | None = param(None, doc="probe sentences; None: the built-in four")
+    gap_s: float = param(0.15, lo=0.02, hi=2, doc="silence between probe words (s)")
+    tol_s: float | None = param(None, lo=0, hi=1, doc="word interval widening (s); None: gap_s / 2")
+    n_heads: int = param(8, lo=1, doc="best heads averaged for word times")
+    voice: str = param("en-us", doc="espeak-ng voice of the probe speech")
+    speed: int = param(160, lo=80, hi=450, doc="espeak-ng speaking rate (words per minute)")
 
 
 def applies(model) -> str | None:
@@ -121,13 +137,13 @@ def _run(ctx: Context) -> Result:
     reason = applies(model)
     if reason:
         raise ValueError(reason)
-    gap, tol = float(p.get("gap_s", 0.15)), p.get("tol_s")
-    tol = gap / 2 if tol is None else float(tol)
-    n_best = int(p.get("n_heads", 8))
+    gap, tol = p.gap_s, p.tol_s
+    tol = gap / 2 if tol is None else tol
+    n_best = p.n_heads
     clips = []
-    for text in p.get("sentences") or SENTENCES:
+    for text in p.sentences or SENTENCES:
         words = words_of(text)
-        wave, intervals = synth_words(words, gap_s=gap)
+        wave, intervals = synth_words(words, gap_s=gap, voice=p.voice, speed=p.speed)
         ids, owner = word_tokens(model.tokenizer, words)
         att, _, _ = cross_attention(model, wave, ids)
         clips.append({"text": text, "intervals": intervals, "owner": owner, **score_clip(att, owner, intervals, tol)})
@@ -173,5 +189,4 @@ def _run(ctx: Context) -> Result:
     return Result(pd.DataFrame(rows), tables=tables, summary=summary)
 
 
-ANALYSIS = Analysis("alignment", _run, applies, defaults={"sentences": None, "gap_s": 0.15, "tol_s": None,
-                                                         "n_heads": 8})
+ANALYSIS = Analysis("alignment", _run, applies, params=AlignmentParams)

@@ -27,6 +27,8 @@ table has no metric columns. Audio models: not applicable (ValueError via ``appl
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
@@ -34,12 +36,18 @@ from scipy.stats import spearmanr
 
 from workbench.batch import Batch
 
-from ._context import Analysis, Context, Result
+from ._context import Analysis, Context, Params, Result, param
 from .flow import MAX_WORK, flow
 from .rollout import layer_means, residual_matrices, rollout
 
 METHODS = ("raw", "rollout", "flow")
 REFERENCES = ("blankout", "grad")
+
+
+@dataclass(frozen=True)
+class FaithfulnessParams(Params, analysis="faithfulness"):
+    max_inputs: int = param(8, lo=1, doc="inputs scored")
+    max_work: float = param(MAX_WORK, lo=0, lo_open=True, doc="attention-flow work limit (edge visits)")
 
 
 def applies(model) -> str | None:
@@ -132,12 +140,11 @@ def faithfulness_table(model, batch, *, max_inputs: int = 8, max_work: float = M
 
 
 def _run(ctx: Context) -> Result:
-    tab = faithfulness_table(ctx.model, ctx.batch, max_inputs=int(ctx.params.get("max_inputs", 8)),
-                             max_work=float(ctx.params.get("max_work", MAX_WORK)))
+    tab = faithfulness_table(ctx.model, ctx.batch, max_inputs=ctx.params.max_inputs, max_work=ctx.params.max_work)
     top = tab[tab["layer"] == tab["layer"].max()]
     summary = {f"{r.method}_vs_{r.reference}_last_layer": round(r.spearman, 4) for r in top.itertuples()}
     heads = pd.DataFrame([{"stream": h.stream, "layer": h.layer, "head": h.head} for h in ctx.model.heads()])
     return Result(heads, tables={"faithfulness": tab}, summary=summary)
 
 
-ANALYSIS = Analysis("faithfulness", _run, applies, defaults={"max_inputs": 8, "max_work": MAX_WORK})
+ANALYSIS = Analysis("faithfulness", _run, applies, params=FaithfulnessParams)

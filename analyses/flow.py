@@ -27,15 +27,27 @@ Choices made here (the paper leaves them open):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
 
-from ._context import Analysis, Context, Result
-from .rollout import default_query, layer_means, pick, query_row, residual_matrices, rollout, stacks, _tokens
+from ._context import Analysis, Context, Params, Result, param
+from .rollout import (QUERIES, SELF_STREAMS, default_query, layer_means, pick, query_row, residual_matrices, rollout,
+                      stacks, _tokens)
 
 SCALE = 2 ** 24
 MAX_WORK = 1e9
+
+
+@dataclass(frozen=True)
+class FlowParams(Params, analysis="flow"):
+    query: str | None = param(None, choices=QUERIES, doc="output row(s) to explain; None: the model's default")
+    streams: tuple[str, ...] | None = param(None, choices=SELF_STREAMS, doc="self-attention stacks; None: all")
+    solver: str = param("scipy", choices=("scipy", "networkx"))
+    max_work: float = param(MAX_WORK, lo=0, lo_open=True, doc="refuse above this many edge visits")
+    allow_slow: bool = param(False, doc="run even above max_work")
 
 
 def _graph(a_hat: np.ndarray, n_layers: int):
@@ -122,15 +134,14 @@ def flow(a_hat: torch.Tensor, rows: list[int] | None = None, *, solver: str = "s
 
 def _run(ctx: Context) -> Result:
     model, batch = ctx.model, ctx.batch
-    solver = ctx.params.get("solver", "scipy")
-    allow = bool(ctx.params.get("allow_slow", False))
-    max_work = float(ctx.params.get("max_work", MAX_WORK))
+    p: FlowParams = ctx.params
+    solver, allow, max_work = p.solver, p.allow_slow, p.max_work
     rows, tensors, summary = [], {}, {}
-    streams = ctx.params.get("streams") or stacks(model)
+    streams = p.streams or stacks(model)
     for stream in streams:
         if stream not in stacks(model):
             raise ValueError(f"flow: {model.name} has no self-attention stream {stream!r}; it has {stacks(model)}")
-        q = ctx.params.get("query") or default_query(model, stream)
+        q = p.query or default_query(model, stream)
         for i in range(len(batch)):
             means, keep = layer_means(model, batch, stream, i)
             a_hat = residual_matrices(means)
@@ -153,5 +164,4 @@ def _applies(model) -> str | None:
     return None if stacks(model) else f"{model.name} has no self-attention stack"
 
 
-ANALYSIS = Analysis("flow", _run, _applies, defaults={"query": None, "streams": None, "solver": "scipy", "max_work": MAX_WORK,
-                                                       "allow_slow": False})
+ANALYSIS = Analysis("flow", _run, _applies, params=FlowParams)

@@ -19,15 +19,23 @@ they are) and ``hidden_sinks.top_token_share``. The ``hidden_sinks`` table lists
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from collections import Counter
 
 import pandas as pd
 import torch
 
-from ._context import KEY_STREAM, Analysis, Context, Result
+from ._context import KEY_STREAM, Analysis, Context, Params, Result, param
 from .sinks import alpha
 
 THRESHOLD = 0.1
+
+
+@dataclass(frozen=True)
+class HiddenSinksParams(Params, analysis="hidden_sinks"):
+    threshold: float = param(THRESHOLD, lo=0, hi=1, lo_open=True, hi_open=True, doc="alpha_k above which key k > 0 is a sink")
+    min_queries: int = param(4, lo=1, doc="queries that must see a key for it to count")
 
 
 def hidden_sink_positions(stats: dict, query_mask: dict, *, threshold: float = THRESHOLD,
@@ -80,8 +88,8 @@ def hidden_sinks_table(stats: dict, query_mask: dict, tokens: list[dict] | None 
 
 def _run(ctx: Context) -> Result:
     trace = ctx.stats_trace()
-    thr = float(ctx.params.get("threshold", THRESHOLD))
-    mq = int(ctx.params.get("min_queries", 4))
+    p: HiddenSinksParams = ctx.params
+    thr, mq = p.threshold, p.min_queries
     tokens = [it.get("tokens", {}) for it in ctx.batch.items]
     heads, sinks = hidden_sinks_table(trace.stats, trace.query_mask, tokens, threshold=thr, min_queries=mq)
     top_tokens = Counter(sinks["token"]).most_common(5) if len(sinks) else []
@@ -93,4 +101,4 @@ def _run(ctx: Context) -> Result:
     return Result(heads, tables={"hidden_sinks": sinks}, summary=summary)
 
 
-ANALYSIS = Analysis("hidden_sinks", _run, defaults={"threshold": THRESHOLD, "min_queries": 4})
+ANALYSIS = Analysis("hidden_sinks", _run, params=HiddenSinksParams)

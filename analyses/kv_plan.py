@@ -21,15 +21,27 @@ Causal LMs only (encoders keep no KV cache): ValueError otherwise.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import torch
 
 from workbench._types import Head
 from workbench.capture import EditPattern
 
-from ._context import Analysis, Context, Result
+from ._context import Analysis, Context, Params, Result, param
 
 STREAMING_TYPES = ("sink", "local")
+
+
+@dataclass(frozen=True)
+class KvPlanParams(Params, analysis="kv_plan"):
+    n_sink: int = param(4, lo=0, doc="first tokens kept by streaming heads")
+    window: int = param(64, lo=1, doc="recent tokens kept by streaming heads")
+    retrieval_grid: str | None = param("quick", choices=("quick", "default", "none"), doc="NIAH grid for the taxonomy")
+    niah_grid: str = param("quick", choices=("quick", "default"), doc="NIAH grid for the accuracy check")
+    n_texts: int = param(8, lo=1, doc="natural passages for the loss check")
+    max_tokens: int = param(256, lo=2, doc="tokens per passage for the loss check")
 
 
 def applies(model) -> str | None:
@@ -91,16 +103,15 @@ def _run(ctx: Context) -> Result:
     reason = applies(model)
     if reason:
         raise ValueError(reason)
-    n_sink, window = int(p.get("n_sink", 4)), int(p.get("window", 64))
-    types = taxonomy_table(model, ctx.batch, retrieval_grid=p.get("retrieval_grid", "quick"))
+    n_sink, window = p.n_sink, p.window
+    types = taxonomy_table(model, ctx.batch, retrieval_grid=p.retrieval_grid)
     table = plan(model, types)
     heads = [Head(r.stream, r.layer, r.head) for r in table.itertuples() if r._5]
     edit = [EditPattern(tuple(heads), window_fn(n_sink, window), f"window(sink={n_sink},recent={window})")] if heads else []
-    n_text = int(p.get("n_texts", 8))
-    text = model.prepare(natural_passages(n_text, min_chars=800, max_chars=2000), max_tokens=int(p.get("max_tokens", 256)))
+    text = model.prepare(natural_passages(p.n_texts, min_chars=800, max_chars=2000), max_tokens=p.max_tokens)
     t_eval = int(text.model_inputs["attention_mask"].sum(1).max())
     base, planned = lm_loss(model, text), lm_loss(model, text, edit)
-    g = rmod.GRIDS[p.get("niah_grid", "quick")]
+    g = rmod.GRIDS[p.niah_grid]
     prompts = rmod.grid_prompts(model, g["lengths"], g["depths"], g["needles"])
     acc0 = float(rmod.run_niah(model, prompts, score=False)[0]["retrieved"].mean())
     acc1 = float(rmod.run_niah(model, prompts, edit, score=False)[0]["retrieved"].mean())
@@ -118,5 +129,4 @@ def _run(ctx: Context) -> Result:
     return Result(table.drop(columns=["kv_plan.type"]), summary=summary)
 
 
-ANALYSIS = Analysis("kv_plan", _run, applies, defaults={"n_sink": 4, "window": 64, "retrieval_grid": "quick",
-                                                       "niah_grid": "quick", "n_texts": 8, "max_tokens": 256})
+ANALYSIS = Analysis("kv_plan", _run, applies, params=KvPlanParams)

@@ -19,16 +19,24 @@ stack its keys come from, summed over those positions (Sun et al.: these are the
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import torch
 
 from workbench.batch import Batch
 
-from ._context import KEY_STREAM, Analysis, Context, Result
+from ._context import KEY_STREAM, Analysis, Context, Params, Result, param
 from .sinks import alpha
 
 MIN_ABS = 100.0
 RATIO = 1000.0
+
+
+@dataclass(frozen=True)
+class MassiveParams(Params, analysis="massive"):
+    min_abs: float = param(MIN_ABS, lo=0, lo_open=True, doc="|activation| above which an entry is massive")
+    ratio: float = param(RATIO, lo=0, lo_open=True, doc="|activation| / median |activation| above which an entry is massive")
 
 
 def hidden_states(model, batch) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -66,8 +74,7 @@ def find_massive(states: dict, query_mask: dict, tokens: list[dict] | None = Non
 
 def _run(ctx: Context) -> Result:
     model, batch = ctx.model, ctx.batch
-    min_abs = float(ctx.params.get("min_abs", MIN_ABS))
-    ratio = float(ctx.params.get("ratio", RATIO))
+    min_abs, ratio = ctx.params.min_abs, ctx.params.ratio
     tokens = [it.get("tokens", {}) for it in batch.items]
     table = find_massive(hidden_states(model, batch), batch.query_mask, tokens, min_abs=min_abs, ratio=ratio)
     trace = ctx.stats_trace()
@@ -93,4 +100,4 @@ def _run(ctx: Context) -> Result:
     return Result(pd.DataFrame(heads), tables={"massive": table}, summary=summary)
 
 
-ANALYSIS = Analysis("massive", _run, defaults={"min_abs": MIN_ABS, "ratio": RATIO})
+ANALYSIS = Analysis("massive", _run, params=MassiveParams)

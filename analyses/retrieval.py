@@ -29,6 +29,8 @@ a needle whose answer tokens are not in the tokenised prompt.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import random
 
 import numpy as np
@@ -38,7 +40,7 @@ import torch
 from workbench._types import Head
 from workbench.capture import Ablate
 
-from ._context import Analysis, Context, Result
+from ._context import Analysis, Context, Params, Result, param
 from ._niah import NEEDLES, NiahPrompt, build_prompt, greedy, rouge1_recall
 
 THRESHOLD = 0.1
@@ -46,6 +48,20 @@ GRIDS = {
     "default": {"lengths": (256, 512), "depths": tuple(np.linspace(0, 1, 10).round(3)), "needles": 2},
     "quick": {"lengths": (160,), "depths": (0.2, 0.5, 0.8), "needles": 2},
 }
+
+
+@dataclass(frozen=True)
+class RetrievalParams(Params, analysis="retrieval"):
+    """``lengths``/``depths``/``needles`` override the chosen ``grid``'s values when given."""
+
+    grid: str = param("default", choices=tuple(GRIDS))
+    lengths: tuple[int, ...] | None = param(None, lo=32, doc="prompt lengths in tokens")
+    depths: tuple[float, ...] | None = param(None, lo=0, hi=1, doc="needle depths (0 = start, 1 = end)")
+    needles: int | None = param(None, lo=1, hi=len(NEEDLES), doc="needles per (length, depth)")
+    threshold: float = param(THRESHOLD, lo=0, hi=1, hi_open=True, doc="retrieval score above which a head is a retrieval head")
+    mask_k: int = param(20, lo=0, doc="top heads masked in the ablation check (0: skip)")
+    max_new_tokens: int = param(16, lo=1)
+    seed: int = param(0, lo=0)
 
 
 def applies(model) -> str | None:
@@ -137,13 +153,12 @@ def masking_check(model, prompts, table: pd.DataFrame, k: int, *, seed: int = 0,
 
 def _run(ctx: Context) -> Result:
     model, p = ctx.model, ctx.params
-    grid = dict(GRIDS[p.get("grid", "default")])
+    grid = dict(GRIDS[p.grid])
     for key in ("lengths", "depths", "needles"):
-        if p.get(key) is not None:
+        if p[key] is not None:
             grid[key] = p[key]
-    thr = float(p.get("threshold", THRESHOLD))
-    mnt = int(p.get("max_new_tokens", 16))
-    prompts = grid_prompts(model, grid["lengths"], grid["depths"], int(grid["needles"]), mnt, int(p.get("seed", 0)))
+    thr, mnt = p.threshold, p.max_new_tokens
+    prompts = grid_prompts(model, grid["lengths"], grid["depths"], int(grid["needles"]), mnt, p.seed)
     tests, totals, n_ok = run_niah(model, prompts, max_new_tokens=mnt)
     table = retrieval_table(model, totals, n_ok, thr)
     n_ret = int(table["retrieval.is_retrieval"].sum())
@@ -152,12 +167,10 @@ def _run(ctx: Context) -> Result:
                if isinstance(v, (list, tuple)) else v for k, v in grid.items()},
                "top": [{"head": f"{r.stream}/{r.layer}/{r.head}", "score": round(float(r._4), 4)}
                        for r in table.sort_values("retrieval.score", ascending=False).head(10).itertuples()]}
-    if int(p.get("mask_k", 20)) > 0:
-        summary["masking"] = masking_check(model, prompts, table, int(p.get("mask_k", 20)), seed=int(p.get("seed", 0)),
+    if p.mask_k > 0:
+        summary["masking"] = masking_check(model, prompts, table, p.mask_k, seed=p.seed,
                                            threshold=thr, max_new_tokens=mnt)
     return Result(table, tables={"niah_tests": tests}, summary=summary)
 
 
-ANALYSIS = Analysis("retrieval", _run, applies, defaults={"grid": "default", "lengths": None, "depths": None,
-                                                         "needles": None, "threshold": THRESHOLD, "mask_k": 20,
-                                                         "max_new_tokens": 16, "seed": 0})
+ANALYSIS = Analysis("retrieval", _run, applies, params=RetrievalParams)

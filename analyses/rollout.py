@@ -27,12 +27,23 @@ head-mean attention of that layer's chosen row (``raw``) and ``rollout``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import torch
 
-from ._context import Analysis, Context, Result
+from ._context import Analysis, Context, Params, Result, param
 
 SELF_STREAMS = ("self", "encoder", "decoder")
+
+
+QUERIES = ("last", "first", "mean")
+
+
+@dataclass(frozen=True)
+class RolloutParams(Params, analysis="rollout"):
+    query: str | None = param(None, choices=QUERIES, doc="output row(s) to explain; None: the model's default")
+    save_full: int = param(2, lo=0, doc="inputs whose full [layer, T, T] rollout is saved")
 
 
 def residual_matrices(pattern_means: torch.Tensor) -> torch.Tensor:
@@ -115,10 +126,10 @@ def _tokens(batch, stream: str, index: int, keep: torch.Tensor) -> list[str]:
 
 def _run(ctx: Context) -> Result:
     model, batch = ctx.model, ctx.batch
-    save_full = int(ctx.params.get("save_full", 2))
+    save_full = ctx.params.save_full
     rows, tensors, summary = [], {}, {}
     for stream in stacks(model):
-        q = ctx.params.get("query") or default_query(model, stream)
+        q = ctx.params.query or default_query(model, stream)
         for i in range(len(batch)):
             means, keep = layer_means(model, batch, stream, i)
             roll = rollout(residual_matrices(means))
@@ -137,4 +148,4 @@ def _run(ctx: Context) -> Result:
     return Result(heads, tensors=tensors, tables={"rollout": pd.DataFrame(rows)}, summary=summary)
 
 
-ANALYSIS = Analysis("rollout", _run, defaults={"query": None, "save_full": 2})
+ANALYSIS = Analysis("rollout", _run, params=RolloutParams)

@@ -21,11 +21,22 @@ over inputs and its score the mean over inputs of the maximum.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
-from ._context import KEY_STREAM, Analysis, Context, Result
+from ._context import KEY_STREAM, Analysis, Context, Params, Result, param
+
+
+@dataclass(frozen=True)
+class SinksParams(Params, analysis="sinks"):
+    """``epsilon``: a head is a sink head when alpha_first > epsilon (Gu et al. 2024);
+    ``min_queries``: keys seen by fewer valid queries are not candidates for the strongest
+    non-first sink."""
+
+    epsilon: float = param(0.3, lo=0, hi=1, lo_open=True, hi_open=True, doc="sink threshold on alpha_first")
+    min_queries: int = param(4, lo=1, doc="queries that must see a key for it to be a later-sink candidate")
 
 
 def alpha(stats, key_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,10 +96,9 @@ def sink_rate(table: pd.DataFrame) -> dict[str, float]:
 
 def _run(ctx: Context) -> Result:
     trace = ctx.stats_trace()
-    eps = float(ctx.params.get("epsilon", 0.3))
+    p: SinksParams = ctx.params
     tokens = [it.get("tokens", {}) for it in ctx.batch.items]
-    table = sinks_table(trace.stats, trace.query_mask, tokens, epsilon=eps,
-                        min_queries=int(ctx.params.get("min_queries", 4)))
+    table = sinks_table(trace.stats, trace.query_mask, tokens, epsilon=p.epsilon, min_queries=p.min_queries)
     strongest = table.sort_values("sinks.alpha1", ascending=False).head(3)
     summary = {
         "sink_rate_percent": {k: round(v, 2) for k, v in sink_rate(table).items()},
@@ -98,4 +108,4 @@ def _run(ctx: Context) -> Result:
     return Result(table, summary=summary)
 
 
-ANALYSIS = Analysis("sinks", _run, defaults={"epsilon": 0.3, "min_queries": 4})
+ANALYSIS = Analysis("sinks", _run, params=SinksParams)

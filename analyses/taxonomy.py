@@ -22,19 +22,27 @@ no position axis). ``THRESHOLDS`` is recorded in the summary (meta.json).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
 
 from workbench.capture import Pattern, Stats
 
-from ._context import Analysis, Context, Result
+from ._context import Analysis, Context, Params, Result, param
 from .entropy import entropy_table
 from .sinks import sinks_table
 
 THRESHOLDS = {"retrieval": 0.1, "induction": 0.4, "prev_token": 0.4, "local_mass": 0.5, "sink_alpha1": 0.3,
               "global_entropy": 0.8}
 ORDER = ("retrieval", "induction", "local", "sink", "global", "other")
+
+
+@dataclass(frozen=True)
+class TaxonomyParams(Params, analysis="taxonomy"):
+    retrieval_grid: str | None = param("quick", choices=("quick", "default", "none"),
+                                       doc="NIAH grid for retrieval scores (causal LMs); None: skip")
 
 
 def position_scores(pattern: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,7 +139,7 @@ def taxonomy_table(model, batch, *, retrieval_grid: str | None = "quick", thresh
 
 
 def _run(ctx: Context) -> Result:
-    grid = ctx.params.get("retrieval_grid", "quick")
+    grid = ctx.params.retrieval_grid
     table = taxonomy_table(ctx.model, ctx.batch, retrieval_grid=grid)
     counts = table["taxonomy.type"].value_counts()
     summary = {"thresholds": THRESHOLDS, "order": list(ORDER), "retrieval_grid": grid,
@@ -139,4 +147,4 @@ def _run(ctx: Context) -> Result:
     return Result(table, summary=summary)
 
 
-ANALYSIS = Analysis("taxonomy", _run, defaults={"retrieval_grid": "quick"})
+ANALYSIS = Analysis("taxonomy", _run, params=TaxonomyParams)
