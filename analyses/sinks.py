@@ -7,7 +7,15 @@ Definition (Gu et al. 2024, "When Attention Sink Emerges in Language Models"):
 the mean attention key k receives from the queries that may see it (1-indexed k; here
 positions are 0-indexed, so the first token is position 0). A head is a first-token sink
 head on an input if alpha_first > epsilon (epsilon = 0.3 by default); the model's sink
-rate is the percentage of (layer, head) pairs that are sink heads, averaged over inputs.
+rate is the percentage of (layer, head) pairs that are sink heads.
+
+One definition of a sink head of a run (``sinks.is_sink``, and the sink rate is exactly the
+mean of that column): the head is a sink on more than half of the inputs that have a
+valid first key (``sinks.sink_frac`` > 0.5), the same majority rule as ``hidden_sinks``.
+Gu et al.'s reference code (sail-sg/Attention-Sink, ``compute_attention_sink``) instead
+averages the per-input indicator over inputs; that figure is the mean of
+``sinks.sink_frac`` and equals the rate when every head is a sink on all or none of the
+inputs (always, for a single input).
 
 Choices made here: for bidirectional stacks (BERT, wav2vec2, Whisper encoder) the same
 formula is the mean over every valid query (a column mean). Padding queries and keys are
@@ -26,7 +34,11 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from workbench.errors import UserError
+
 from ._context import KEY_STREAM, Analysis, Context, Params, Result, param
+
+SINK_MAJORITY = 0.5      # a sink head of the run: a sink on more than this fraction of inputs
 
 
 @dataclass(frozen=True)
@@ -55,13 +67,14 @@ def sinks_table(stats: dict, query_mask: dict, tokens: list[dict] | None = None,
     """Per-head sink table from ``Trace.stats``.
 
     Columns: ``sinks.alpha1`` (mean over inputs of alpha at the first position),
-    ``sinks.sink_frac`` (fraction of inputs where alpha1 > epsilon), ``sinks.is_sink``
-    (alpha1 > epsilon), ``sinks.top_pos``, ``sinks.top_alpha``, ``sinks.top_token``
+    ``sinks.sink_frac`` (fraction of inputs where alpha1 > epsilon, over the inputs whose
+    first key is valid), ``sinks.is_sink`` (sink_frac > 0.5: a sink on most inputs; see the
+    module docstring), ``sinks.top_pos``, ``sinks.top_alpha``, ``sinks.top_token``
     (strongest non-first sink; -1 / NaN / "" when no key qualifies).
     ``tokens``: per input, {stream: [token strings]} for ``top_token``.
     """
     if not 0 < epsilon < 1:
-        raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+        raise UserError(f"epsilon must be in (0, 1), got {epsilon}")
     rows = []
     for (stream, layer), st in sorted(stats.items()):
         a, count = alpha(st, query_mask.get(KEY_STREAM[stream]))
@@ -76,11 +89,13 @@ def sinks_table(stats: dict, query_mask: dict, tokens: list[dict] | None = None,
                 first = int(torch.nonzero(ok & (top_idx[:, h] + 1 == pos))[0])
                 toks = (tokens or [{}] * a.shape[0])[first].get(KEY_STREAM[stream]) if tokens else None
                 tok = toks[pos] if toks and pos < len(toks) else ""
+            valid = ~torch.isnan(a1[:, h])
+            frac = ((a1[:, h] > epsilon) & valid).sum().item() / max(1, int(valid.sum()))
             rows.append({
                 "stream": stream, "layer": layer, "head": h,
                 "sinks.alpha1": torch.nanmean(a1[:, h]).item(),
-                "sinks.sink_frac": (a1[:, h] > epsilon).float().mean().item(),
-                "sinks.is_sink": bool(torch.nanmean(a1[:, h]).item() > epsilon),
+                "sinks.sink_frac": frac,
+                "sinks.is_sink": bool(frac > SINK_MAJORITY),
                 "sinks.top_pos": int(pos),
                 "sinks.top_alpha": top_val[ok, h].mean().item() if ok.any() else float("nan"),
                 "sinks.top_token": tok,
@@ -89,9 +104,10 @@ def sinks_table(stats: dict, query_mask: dict, tokens: list[dict] | None = None,
 
 
 def sink_rate(table: pd.DataFrame) -> dict[str, float]:
-    """Model sink rate per stream: % of (layer, head) pairs that are sink heads, averaged
-    over inputs (the mean of ``sinks.sink_frac``), Gu et al. 2024."""
-    return {s: 100.0 * g["sinks.sink_frac"].mean() for s, g in table.groupby("stream")}
+    """Model sink rate per stream: % of (layer, head) pairs that are sink heads, i.e.
+    100 x the mean of ``sinks.is_sink`` (Gu et al. 2024's rate, with a head's status over
+    the run's inputs decided by majority; see the module docstring)."""
+    return {s: 100.0 * g["sinks.is_sink"].astype(float).mean() for s, g in table.groupby("stream")}
 
 
 def _run(ctx: Context) -> Result:
@@ -102,6 +118,7 @@ def _run(ctx: Context) -> Result:
     strongest = table.sort_values("sinks.alpha1", ascending=False).head(3)
     summary = {
         "sink_rate_percent": {k: round(v, 2) for k, v in sink_rate(table).items()},
+        "sink_head_rule": f"alpha1 > {p.epsilon:g} on more than half of the inputs (sinks.is_sink)",
         "strongest": [{"head": f"{r['stream']}/{r['layer']}/{r['head']}", "alpha1": round(r["sinks.alpha1"], 4)}
                       for _, r in strongest.iterrows()],
     }

@@ -111,3 +111,38 @@ def test_an_analysis_is_callable_with_its_defaults_and_overrides():
         sinks(model, batch, thresh=0.5)
     with pytest.raises(ValueError, match="alignment does not apply"):
         registry()["alignment"](model, batch)
+
+
+def test_sink_heads_and_sink_rate_use_one_definition():
+    """A head that sinks strongly on one input of three has mean alpha1 > epsilon but is a
+    sink on a minority of inputs: it is not a sink head, and the rate counts exactly the
+    ``is_sink`` heads (before: is_sink from the mean alpha1, rate from the per-input mean)."""
+    t = 16
+    allowed = _causal(t)
+    uniform = allowed.float() / allowed.float().sum(-1, keepdim=True)     # alpha1 = H_16 / 16 ~ 0.21
+    first = torch.zeros(1, 1, t, t)
+    first[..., 0] = 1.0                                                    # alpha1 = 1
+    head0 = torch.cat([first, uniform, uniform])                           # [input, 1, t, t]
+    head1 = torch.cat([first, first, uniform])
+    p = torch.cat([head0, head1], dim=1)                                   # [3 inputs, 2 heads, t, t]
+    table = sinks_table(_stats(p, allowed), {}, epsilon=0.3)
+    alpha_uniform = sum(1 / i for i in range(1, t + 1)) / t
+    assert alpha_uniform < 0.3 < (1 + 2 * alpha_uniform) / 3                 # the case the old code split
+    assert table["sinks.alpha1"].tolist() == pytest.approx([(1 + 2 * alpha_uniform) / 3, (2 + alpha_uniform) / 3])
+    assert table["sinks.sink_frac"].tolist() == pytest.approx([1 / 3, 2 / 3])
+    assert table["sinks.is_sink"].tolist() == [False, True]
+    assert sink_rate(table)["self"] == pytest.approx(50.0)
+
+
+def test_sinks_summary_rate_is_the_mean_of_is_sink():
+    from tiny import tiny_batch, tiny_hf
+
+    from workbench.analyses import registry
+
+    model = wb.wrap(tiny_hf("llama"))
+    batch = tiny_batch("llama", model.hf)
+    for eps in (0.05, 0.2, 0.5):
+        res = registry()["sinks"](model, batch, epsilon=eps)
+        is_sink = res.table["sinks.is_sink"]
+        assert res.summary["sink_rate_percent"]["self"] == round(100 * is_sink.mean(), 2)
+        assert "more than half" in res.summary["sink_head_rule"]
