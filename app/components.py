@@ -34,6 +34,15 @@ def safe(build: Callable[..., tuple], *args, view: dict | None = None) -> tuple[
         return [message(f"could not draw this view: {type(exc).__name__}: {exc}")], dict(view or {})
 
 
+def attempt(read: Callable, *args, default=None) -> tuple:
+    """``(read(*args), None)``, or ``(default, message box)`` when a file it needs is unreadable
+    (RunError): the panel that needs the file shows why, the rest of the page stays."""
+    try:
+        return read(*args), None
+    except RunError as exc:
+        return default, message(str(exc))
+
+
 def page_body(store: RunStore, requested, build: Callable[..., tuple], *args) -> tuple:
     """``(run or None, children, view)`` for the requested run: ``build(store, run, *args)``
     returns the page body and the view it shows; a missing or unreadable run, or a failing
@@ -48,8 +57,8 @@ def page_body(store: RunStore, requested, build: Callable[..., tuple], *args) ->
 
 
 def no_runs(store: RunStore) -> html.Div:
-    return message(f"No readable runs in {store.root}. Create one with "
-                   f"`workbench run smollm2-135m --out {store.root}/smollm2`.", "info")
+    return message("No readable runs in RUNS_DIR (the folder given to `workbench serve`). "
+                   "Create one with `workbench run smollm2-135m --out RUNS_DIR/smollm2`.", "info")
 
 
 def run_picker(prefix: str, store: RunStore, value: str | None, *, label_text: str = "Run",

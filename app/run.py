@@ -7,6 +7,7 @@ errors are ``RunError`` with a message meant for the page, naming the run and th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 import pandas as pd
@@ -87,8 +88,11 @@ class Run:
                        f"{[it.get('index') for it in self.items]}")
 
     def input_label(self, index: int) -> str:
+        """``"index: text"`` (60 characters); an audio file by its name, never the server's
+        absolute path."""
         it = self.item(index)
-        text = it.get("text") or it.get("path") or ""
+        path = str(it.get("path") or "")
+        text = it.get("text") or (PurePath(path).name if PurePath(path).is_absolute() else path)
         text = str(text).replace("\n", " ")
         return f"{index}: {text[:60]}{'…' if len(text) > 60 else ''}"
 

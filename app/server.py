@@ -1,7 +1,10 @@
 """Build and serve the dashboard: ``create_app`` (a Dash app) and ``serve`` (blocking).
 
 The app only reads run folders under RUNS_DIR: no torch import, no model in a callback.
-Binding beyond loopback needs a token (requests without it get 401, see ``_auth``).
+Binding beyond loopback needs a token (requests without it get 401, see ``_auth``); without
+a token only loopback Host names are answered (DNS rebinding, see ``_http``); every
+response carries the security headers (``_http``); malformed callback requests get 400
+(``_guard``). The token is never printed or logged: the access log redacts it.
 
 Pages follow the Dash pages convention (``pages/<name>.py``: ``register_page``, ``layout``,
 small callbacks) with one deliberate change: each page's ``register(app)`` calls
@@ -17,11 +20,14 @@ import ipaddress
 import logging
 import os
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 import dash
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from . import _guard
 from ._auth import TokenMiddleware
+from ._http import LOOPBACK_NAMES, HostCheck, SecurityHeaders, content_security_policy
 from .pages import PAGES
 from .routes import register_routes
 from .shell import INDEX, register_shell_callbacks, shell_layout
@@ -38,8 +44,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def create_app(runs_dir: str | os.PathLike, *, token: str | None = None) -> dash.Dash:
+def create_app(runs_dir: str | os.PathLike, *, token: str | None = None,
+               allowed_hosts: tuple[str, ...] = ()) -> dash.Dash:
     """A Dash app over the runs in ``runs_dir``; with ``token``, every request must carry it.
+
+    Without ``token`` only requests whose Host is a loopback name (``localhost``,
+    ``127.0.0.1``, ``[::1]``) or one of ``allowed_hosts`` are answered (else 400).
 
     Raises:
         FileNotFoundError: ``runs_dir`` is not a folder.
@@ -54,8 +64,14 @@ def create_app(runs_dir: str | os.PathLike, *, token: str | None = None) -> dash
     for page in PAGES:
         page.register(app)
     register_routes(app.server, store)
+    _guard.install(app)
+    wsgi = app.server.wsgi_app
     if token:
-        app.server.wsgi_app = TokenMiddleware(app.server.wsgi_app, token)
+        wsgi = TokenMiddleware(wsgi, token)
+    else:
+        wsgi = HostCheck(wsgi, LOOPBACK_NAMES + tuple(allowed_hosts))
+    app.server.config["WORKBENCH_HOST_CHECK"] = wsgi if isinstance(wsgi, HostCheck) else None
+    app.server.wsgi_app = SecurityHeaders(wsgi, lambda: content_security_policy(app.csp_hashes()))
     return app
 
 
@@ -71,7 +87,36 @@ def make_app_server(runs_dir: str | os.PathLike, host: str = "127.0.0.1", port: 
     """A threaded werkzeug server for the app, bound but not yet serving (``port=0``: any)."""
     check_bind(host, token)
     app = create_app(runs_dir, token=token)
-    return make_server(host, port, app.server, threaded=True)
+    server = make_server(host, port, app.server, threaded=True, request_handler=_Handler)
+    hosts = app.server.config["WORKBENCH_HOST_CHECK"]
+    if hosts is not None:                      # the bound address, with the bound port only
+        hosts.allow(host)
+        hosts.port = server.server_port
+    return server
+
+
+def redact(target: str) -> str:
+    """A request target (``/path?query``) with every ``token`` parameter's value replaced by
+    ``***`` (also when the name is percent-encoded)."""
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    pairs = []
+    for pair in query.split("&"):
+        key, eq, _ = pair.partition("=")
+        pairs.append(f"{key}=***" if eq and unquote_plus(key).strip().lower() == "token" else pair)
+    return path + "?" + "&".join(pairs)
+
+
+class _Handler(WSGIRequestHandler):
+    """werkzeug's request handler, with ``?token=`` values redacted from the access log."""
+
+    def log_request(self, code="-", size="-") -> None:
+        words = self.requestline.split(" ")
+        self.requestline = " ".join(redact(w) if i == 1 else w for i, w in enumerate(words))
+        if hasattr(self, "path"):
+            self.path = redact(self.path)
+        super().log_request(code, size)
 
 
 def serve(runs_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8050,
@@ -94,9 +139,10 @@ def serve(runs_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8050
     server = make_app_server(Path(runs_dir), host, port, token)
     logging.getLogger("werkzeug").setLevel(logging.INFO if access_log else logging.WARNING)
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{server.server_port}/" + (f"?token={token}" if token else "")
-    print(f"workbench dashboard on {url} (runs in {Path(runs_dir).resolve()}); Ctrl-C stops it",
-          flush=True)
+    url = f"http://{shown}:{server.server_port}/"
+    hint = " (open it once with ?token=<your token>)" if token else ""
+    print(f"workbench dashboard on {url}{hint} (runs in {Path(runs_dir).resolve()}); "
+          "Ctrl-C stops it", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

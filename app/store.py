@@ -2,13 +2,16 @@
 
 Every page and route goes through ``RunStore``: run names from URLs are checked against a
 strict pattern *and* the resolved path must be a direct child of RUNS_DIR, so ``..``,
-absolute paths, encoded separators and symlinks pointing outside cannot escape. Loaded
+absolute paths, encoded separators and symlinks pointing outside cannot escape. Every file
+read inside a run (``meta.json``, tables, safetensors) is resolved too (``RunStore.file``):
+a symlinked file pointing outside RUNS_DIR is refused, never read. Loaded
 runs are cached by file modification time, so a run re-written by ``workbench run --force``
 is picked up on the next request. Anything unreadable becomes ``RunError`` (a message for
 the page); other runs keep working.
 """
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -21,6 +24,7 @@ import pandas as pd
 from workbench.runs import load_heads, load_meta
 
 from . import _tensors
+from .health import run_problems
 from .run import Run, RunError, validate_heads, validate_meta
 
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+@-]{0,199}$")
@@ -30,11 +34,13 @@ _CACHE_SIZE = 32
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One row of the Runs page; ``error`` is set (and ``run`` None) for unreadable runs."""
+    """One row of the Runs page; ``error`` is set (and ``run`` None) for unreadable runs;
+    ``problems`` names the optional files of a readable run that cannot be read."""
 
     name: str
     run: Run | None
     error: str | None
+    problems: tuple[str, ...] = ()
 
 
 class RunStore:
@@ -62,6 +68,18 @@ class RunStore:
             raise RunError(f"no run named {name!r} in RUNS_DIR")
         return path
 
+    def file(self, name: object, filename: str) -> Path | None:
+        """The real path of ``<run>/<filename>`` when it is a regular file inside RUNS_DIR,
+        None when absent (or not a regular file). Raises RunError for a bad run name or when
+        the file is a link that leads outside RUNS_DIR (it is never read)."""
+        path = self.resolve(name) / filename
+        if not os.path.lexists(path):
+            return None
+        real = path.resolve()
+        if not real.is_relative_to(self.root):
+            raise RunError(f"run {name!r}: {filename} links outside RUNS_DIR; refused")
+        return real if real.is_file() else None
+
     def names(self) -> list[str]:
         """Candidate run names, sorted (hidden folders such as in-progress writes skipped)."""
         out = []
@@ -79,10 +97,10 @@ class RunStore:
     def run(self, name: object) -> Run:
         """Load (or reuse) run ``name``. Raises RunError with a readable message."""
         path = self.resolve(name)
-        meta_p, heads_p = path / "meta.json", path / "heads.parquet"
-        if not meta_p.is_file():
+        meta_p, heads_p = self.file(name, "meta.json"), self.file(name, "heads.parquet")
+        if meta_p is None:
             raise RunError(f"run {name!r} is not a complete run folder: no meta.json")
-        if not heads_p.is_file():
+        if heads_p is None:
             raise RunError(f"run {name!r} is incomplete: no heads.parquet")
         key = (str(path), _stamp(meta_p), _stamp(heads_p))
         with self._lock:
@@ -90,7 +108,7 @@ class RunStore:
                 self._cache.move_to_end(key)
                 return self._cache[key]
         try:
-            run = _load(str(name), meta_p, heads_p)
+            run = _load(str(name), path)
         except RunError as exc:  # messages name RUNS_DIR, not the server's folder layout
             raise RunError(str(exc).replace(str(self.root), "RUNS_DIR")) from None
         with self._lock:
@@ -99,13 +117,21 @@ class RunStore:
                 self._cache.popitem(last=False)
         return run
 
-    def summaries(self) -> list[RunSummary]:
+    def summaries(self, *, check_files: bool = False) -> list[RunSummary]:
+        """Every run folder; with ``check_files`` also the unreadable optional files of
+        readable runs (``health.run_problems``: safetensors headers, parquet footers)."""
         out = []
         for name in self.names():
             try:
-                out.append(RunSummary(name, self.run(name), None))
+                run = self.run(name)
             except RunError as exc:
                 out.append(RunSummary(name, None, str(exc)))
+                continue
+            try:
+                problems = tuple(run_problems(self, name)) if check_files else ()
+            except (OSError, RunError) as exc:
+                problems = (self.clean(exc),)
+            out.append(RunSummary(name, run, None, problems))
         return out
 
     def ok_names(self) -> list[str]:
@@ -119,9 +145,9 @@ class RunStore:
 
     def site_patterns(self, name: str, stream: str, layer: int, index: int) -> np.ndarray:
         """All heads of one site ``[head, query, key]`` (float32); for small sites only."""
-        path = self.resolve(name) / "patterns.safetensors"
+        path = self.file(name, "patterns.safetensors")
         key = f"pattern/{stream}/{int(layer)}/{int(index)}"
-        if not path.is_file():
+        if path is None:
             raise RunError(f"run {name!r} has no patterns.safetensors (patterns were not saved)")
         try:
             return _tensors.read_tensor(path, key).astype(np.float32)
@@ -132,12 +158,17 @@ class RunStore:
                            f"({type(exc).__name__}: {self._clean(exc)})") from None
 
     def has_patterns(self, name: str) -> bool:
-        return (self.resolve(name) / "patterns.safetensors").is_file()
+        """Whether the run has a patterns file (True for one linking outside RUNS_DIR too:
+        reading it then raises RunError, which the page shows)."""
+        try:
+            return self.file(name, "patterns.safetensors") is not None
+        except RunError:
+            return True
 
     def pattern_inputs(self, name: str) -> set[int]:
         """Input indices with at least one saved pattern (reads only the file header)."""
-        path = self.resolve(name) / "patterns.safetensors"
-        if not path.is_file():
+        path = self.file(name, "patterns.safetensors")
+        if path is None:
             return set()
         key = (str(path), _stamp(path))
         with self._lock:
@@ -168,8 +199,8 @@ class RunStore:
         """Per-(head, position) patching effects of a ``workbench patch --per-position`` run:
         {(stream, layer): float32 [head, input, pos]} from ``patch.safetensors``
         (``effect_pos/<stream>/<layer>``); empty when the run has none."""
-        path = self.resolve(name) / "patch.safetensors"
-        if not path.is_file():
+        path = self.file(name, "patch.safetensors")
+        if path is None:
             return {}
         try:
             keys = [k for k in _tensors.tensor_keys(path) if k.startswith("effect_pos/")]
@@ -183,8 +214,8 @@ class RunStore:
                            f"({type(exc).__name__}: {self._clean(exc)})") from None
 
     def _rows(self, name: str, stem: str, key: str, index: int) -> np.ndarray:
-        path = self.resolve(name) / f"{stem}.safetensors"
-        if not path.is_file():
+        path = self.file(name, f"{stem}.safetensors")
+        if path is None:
             raise RunError(f"run {name!r} has no {stem}.safetensors (patterns were not saved)")
         try:
             return _tensors.read_rows(path, key, index)
@@ -197,8 +228,8 @@ class RunStore:
                            f"({type(exc).__name__}: {self._clean(exc)})") from None
 
     def _optional(self, name: str, stem: str, key: str) -> np.ndarray | None:
-        path = self.resolve(name) / f"{stem}.safetensors"
-        if not path.is_file():
+        path = self.file(name, f"{stem}.safetensors")
+        if path is None:
             return None
         try:
             if key not in _tensors.tensor_keys(path):
@@ -208,8 +239,12 @@ class RunStore:
             raise RunError(f"run {name!r}: {stem}.safetensors is unreadable "
                            f"({type(exc).__name__}: {self._clean(exc)})") from None
 
+    def clean(self, text: object) -> str:
+        """``text`` with the server's RUNS_DIR path replaced by the word RUNS_DIR."""
+        return str(text).replace(str(self.root), "RUNS_DIR")
+
     def _clean(self, exc: BaseException) -> str:
-        return str(exc).replace(str(self.root), "RUNS_DIR")
+        return self.clean(exc)
 
     # ---- extra tables -----------------------------------------------------------------
     def table_names(self, name: str) -> list[str]:
@@ -224,8 +259,8 @@ class RunStore:
             return self.run(name).heads
         if not isinstance(table, str) or not TABLE_NAME_RE.match(table):
             raise RunError(f"{str(table)[:60]!r} is not a valid table name")
-        path = self.resolve(name) / f"{table}.parquet"
-        if not path.is_file():
+        path = self.file(name, f"{table}.parquet")
+        if path is None:
             return None
         try:
             return pd.read_parquet(path)
@@ -239,15 +274,16 @@ def _stamp(path: Path) -> tuple[int, int]:
     return (st.st_mtime_ns, st.st_size)
 
 
-def _load(name: str, meta_p: Path, heads_p: Path) -> Run:
-    """Read with ``workbench.runs`` (the producer's readers); errors become RunError."""
+def _load(name: str, folder: Path) -> Run:
+    """Read with ``workbench.runs`` (the producer's readers) once ``RunStore.file`` has
+    checked both files; errors become RunError."""
     try:
-        meta = load_meta(meta_p.parent)
+        meta = load_meta(folder)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise RunError(f"run {name!r}: meta.json is unreadable ({exc})") from None
     meta = validate_meta(name, meta)
     try:
-        heads = load_heads(heads_p.parent)
+        heads = load_heads(folder)
     except Exception as exc:
         raise RunError(f"run {name!r}: heads.parquet is unreadable "
                        f"({type(exc).__name__}: {exc})") from None

@@ -10,7 +10,7 @@ import dash
 from dash import Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
-from ..components import control, dropdown, message, metrics_table
+from ..components import attempt, control, dropdown, message, metrics_table
 from ..fig_pattern import pattern_figure
 from ..routes import audio_url
 from ..run import Run, RunError
@@ -19,7 +19,10 @@ from ..view import as_int, current_store, input_options, pick_head, pick_input, 
 
 
 def _content(store, run: Run, stream: str, layer: int, head: int, index: int | None) -> tuple:
-    """(figure or None, audio src or None, metrics table, message or None)."""
+    """(figure or None, audio src or None, metrics table, message(s) or None).
+
+    The metrics come from ``heads.parquet`` alone: an unreadable patterns or inputs file
+    hides only the pattern (or the spectrogram under it) and says why."""
     table = metrics_table(run.head_row(stream, layer, head), "detail-metrics-table")
     if index is None:
         return None, None, table, message(f"run {run.name!r} lists no inputs", "info")
@@ -29,12 +32,16 @@ def _content(store, run: Run, stream: str, layer: int, head: int, index: int | N
                                          "patterns saved to see this head's attention", "info")
     try:
         q, k = run.axes(stream, index)
-        mel = store.mel(run.name, index) if run.kind == "audio" else None
-        fig = pattern_figure(store.pattern(run.name, stream, layer, index, head), q, k, mel=mel,
-                             title=f"{stream} L{layer} H{head} · {run.input_label(index)}")
+        pattern = store.pattern(run.name, stream, layer, index, head)
     except (RunError, ValueError) as exc:
         return None, src, table, message(str(exc))
-    return fig, src, table, None
+    mel, notes = None, []
+    if run.kind == "audio":
+        mel, note = attempt(store.mel, run.name, index)
+        notes += [note] if note else []
+    fig = pattern_figure(pattern, q, k, mel=mel,
+                         title=f"{stream} L{layer} H{head} · {run.input_label(index)}")
+    return fig, src, table, notes or None
 
 
 def _selectors(run: Run, stream: str, layer: int, head: int, index: int | None,
@@ -51,9 +58,10 @@ def _selectors(run: Run, stream: str, layer: int, head: int, index: int | None,
 
 def _body(store, run: Run, stream, layer, head, index) -> tuple[list, dict]:
     stream, layer, head = pick_head(run, stream, layer, head)
-    available = store.pattern_inputs(run.name)
+    available, broken = attempt(store.pattern_inputs, run.name, default=set())
     index = pick_input(run, index, available)
     fig, src, table, msg = _content(store, run, stream, layer, head, index)
+    msg = broken if broken is not None and fig is None else msg
     view = {"run": run.name, "stream": stream, "layer": layer, "head": head, "input": index}
     return [
         _selectors(run, stream, layer, head, index, available),

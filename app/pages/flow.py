@@ -14,7 +14,7 @@ from dash.exceptions import PreventUpdate
 from workbench.word_timing import published_heads
 
 from .. import alignment
-from ..components import control, dropdown, message
+from ..components import attempt, control, dropdown, message
 from ..fig_flow import alignment_figure, flow_matrix, token_layer_figure
 from ..rollout import rollout
 from ..run import Run, RunError
@@ -29,8 +29,16 @@ def _quantities(table) -> list[str]:
 
 
 def token_flow(store, run: Run, index: int, quantity: str | None) -> tuple:
-    """(figure or None, note) for the token-importance heatmap."""
-    table = store.table(run.name, "flow")
+    """(figure or None, note) for the token-importance heatmap. An unreadable
+    ``flow.parquet`` falls back to rollout from the patterns, and the note says so.
+
+    Raises:
+        RunError: the saved patterns needed for rollout are unreadable.
+    """
+    try:
+        table, unreadable = store.table(run.name, "flow"), ""
+    except RunError as exc:
+        table, unreadable = None, f"{exc}; "
     if table is not None and quantity in _quantities(table):
         streams = [s for s in run.streams if s in set(table["stream"])] or ["self"]
         values, tokens, layers = flow_matrix(table, streams[0], index, quantity)
@@ -39,14 +47,14 @@ def token_flow(store, run: Run, index: int, quantity: str | None) -> tuple:
                 f"from flow.parquet ({streams[0]} stream)")
     stream = next((s for s in ("self", "decoder") if s in run.streams), None)
     if run.kind != "text" or stream is None or not store.has_patterns(run.name):
-        return None, "this run has no flow.parquet (and no text patterns to compute rollout from)"
+        return None, unreadable + "this run has no flow.parquet (and no text patterns to compute rollout from)"
     layers = run.layers(stream)
     r = rollout([store.site_patterns(run.name, stream, layer, index) for layer in layers])
     tokens = run.tokens(index, stream) or []
     return (token_layer_figure(r[:, -1, :], tokens, layers=layers, colorbar="rollout",
                                title=f"rollout to the last token per layer · input {index}"),
-            "rollout computed in the dashboard from the saved patterns (Abnar & Zuidema 2020); "
-            "this run has no flow.parquet")
+            unreadable + "rollout computed in the dashboard from the saved patterns (Abnar & "
+            "Zuidema 2020); this run has no flow.parquet")
 
 
 def _cross_scores(store, run: Run, index: int) -> tuple[dict[tuple[int, int], float], bool]:
@@ -85,9 +93,14 @@ def _alignment_heads(store, run: Run, index: int) -> tuple[dict[tuple[int, int],
 
 
 def word_alignment(store, run: Run, index: int, heads: list[str] | None) -> tuple:
-    """(figure, word rows) for the chosen cross heads ("layer/head" strings)."""
+    """(figure, word rows) for the chosen cross heads ("layer/head" strings).
+
+    Raises:
+        RunError: a head is not a "layer/head" cross-attention head of the run, or the
+            patterns are unreadable.
+    """
     toks = run.tokens(index, "decoder") or []
-    chosen = [tuple(int(x) for x in h.split("/")) for h in heads or []]
+    chosen = [_cross_head(run, h) for h in heads or []]
     if not chosen:
         chosen = _alignment_heads(store, run, index)[2]
     mats = [store.pattern(run.name, "cross", layer, index, h) for layer, h in chosen]
@@ -95,25 +108,37 @@ def word_alignment(store, run: Run, index: int, heads: list[str] | None) -> tupl
     toks = alignment.predicted_tokens(toks)      # row t is the evidence for token t + 1
     words = alignment.word_timings(toks, matrix)
     names = ", ".join(f"L{layer}H{h}" for layer, h in chosen)
-    fig = alignment_figure(matrix, toks, words, store.mel(run.name, index),
+    mel, _ = attempt(store.mel, run.name, index)     # an unreadable spectrogram: drawn without
+    fig = alignment_figure(matrix, toks, words, mel,
                            title=f"cross-attention alignment · heads {names} · input {index}")
     return fig, [{"word": w.text, "start (s)": round(w.start_s, 2), "end (s)": round(w.end_s, 2)}
                  for w in words]
 
 
+def _cross_head(run: Run, value) -> tuple[int, int]:
+    """``"layer/head"`` -> (layer, head) of a cross-attention head of ``run``."""
+    parts = value.split("/") if isinstance(value, str) else []
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() and len(p) < 7 for p in parts) or \
+            not run.has_head("cross", int(parts[0]), int(parts[1])):
+        raise RunError(f"{str(value)[:40]!r} is not a cross-attention head of run {run.name!r} "
+                       "(expected layer/head)")
+    return int(parts[0]), int(parts[1])
+
+
 def _alignment_card(store, run: Run, index: int, available: set[int]) -> tuple[list, list]:
     """Children of the alignment card and the heads chosen (best first)."""
     if index not in available:
-        return [message(f"run {run.name!r} saved no patterns for input {index}", "info"),
-                dcc.Dropdown(id="flow-heads", multi=True, style={"display": "none"}),
-                dcc.Graph(id="flow-align-graph", style={"display": "none"}),
-                dash_table.DataTable(id="flow-words")], []
-    scores, analysed, chosen, how = _alignment_heads(store, run, index)
-    best = [f"{layer}/{h}" for layer, h in chosen]
+        return _no_alignment(message(f"run {run.name!r} saved no patterns for input {index}",
+                                     "info")), []
+    try:
+        scores, analysed, chosen, how = _alignment_heads(store, run, index)
+        best = [f"{layer}/{h}" for layer, h in chosen]
+        fig, words = word_alignment(store, run, index, best)
+    except RunError as exc:
+        return _no_alignment(message(str(exc))), []
     short = "analysis score" if analysed else "peak × monotonicity"
     opts = [{"label": f"L{layer} H{h} ({short} {s:.2f})", "value": f"{layer}/{h}"}
             for (layer, h), s in sorted(scores.items())]
-    fig, words = word_alignment(store, run, index, best)
     return [
         control(f"Alignment heads (default: {how})",
                 dropdown("flow-heads", opts, best, multi=True, width="520px")),
@@ -125,16 +150,36 @@ def _alignment_card(store, run: Run, index: int, available: set[int]) -> tuple[l
     ], best
 
 
+def _no_alignment(why) -> list:
+    """The alignment card's children when there is nothing to align: ``why`` and hidden
+    placeholders for the components its callback reads and writes."""
+    return [why, dcc.Dropdown(id="flow-heads", multi=True, style={"display": "none"}),
+            dcc.Graph(id="flow-align-graph", style={"display": "none"}),
+            dash_table.DataTable(id="flow-words")]
+
+
 def _body(store, run: Run, index) -> tuple[list, dict]:
-    available = store.pattern_inputs(run.name)
+    """Each panel reads its own files, so an unreadable patterns file or flow table hides only
+    the panel that needs it, with a message saying which file."""
+    available, broken = attempt(store.pattern_inputs, run.name, default=set())
     index = pick_input(run, index, available)
     if index is None:
         return [message(f"run {run.name!r} lists no inputs", "info")], {"run": run.name}
-    quants = _quantities(store.table(run.name, "flow")) or ["rollout"]
-    fig, note = (token_flow(store, run, index, quants[0]) if index in available
-                 or quants != ["rollout"] else (None, f"no saved patterns for input {index}"))
+    table, _ = attempt(store.table, run.name, "flow")
+    quants = _quantities(table) or ["rollout"]
+    kind = "info"
+    try:
+        fig, note = (token_flow(store, run, index, quants[0]) if index in available
+                     or quants != ["rollout"] else (None, f"no saved patterns for input {index}"))
+    except RunError as exc:
+        fig, note, kind = None, str(exc), "error"
+    if broken is not None and fig is None:
+        note, kind = broken.children, "error"
     audio = run.kind == "audio" and "cross" in run.streams and store.has_patterns(run.name)
-    card, best = _alignment_card(store, run, index, available) if audio else ([], [])
+    card, best = ([], [])
+    if audio:
+        card, best = (_no_alignment(broken), []) if broken is not None else \
+            _alignment_card(store, run, index, available)
     view = {"run": run.name, "input": index, "quantity": quants[0], "heads": best}
     return [
         html.Div([control("Input", dropdown("flow-input", input_options(run, available), index,
@@ -147,7 +192,7 @@ def _body(store, run: Run, index) -> tuple[list, dict]:
                  style=None if fig else {"display": "none"}),
         html.Div([html.H3("Cross-attention alignment"), *card], className="card",
                  style=None if audio else {"display": "none"}),
-        None if fig or audio else message(note, "info"),
+        None if fig or audio else message(note, kind),
     ], view
 
 

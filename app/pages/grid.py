@@ -37,7 +37,7 @@ def _figure(store, run: Run, metric: str, compare: str | None, selected) -> tupl
         other, msg = None, f"cannot compare: {compare} has no column {metric}"
     title = f"{run.name}: {label(metric)}" + (f"  (minus {other.name})" if other else "")
     fig = head_grid_figure(run.heads, metric, compare=other.heads if other else None,
-                           selected=selected, title=title)
+                           selected=selected, title=title, meta=run.meta)
     return fig, (message(msg) if msg else None)
 
 
@@ -48,16 +48,16 @@ def _selected_panel(store, run: Run, sel) -> list:
     children = [html.H3(f"{stream} · layer {layer} · head {head}", id="grid-selected-title"),
                 dcc.Link("Open in head detail →", id="grid-detail-link",
                          href=href("/detail", run=run.name, stream=stream, layer=layer, head=head))]
-    index = pick_input(run, None, store.pattern_inputs(run.name))
-    if index is not None and store.has_patterns(run.name):
-        try:
+    try:
+        index = pick_input(run, None, store.pattern_inputs(run.name))
+        if index is not None and store.has_patterns(run.name):
             q, k = run.axes(stream, index)
             fig = pattern_preview(store.pattern(run.name, stream, layer, index, head), q, k,
                                   title=f"pattern on input {index}")
             children.append(dcc.Graph(id="grid-preview", figure=fig,
                                       config={"displayModeBar": False}))
-        except RunError as exc:
-            children.append(message(str(exc)))
+    except RunError as exc:       # an unreadable patterns file hides only the preview
+        children.append(message(str(exc)))
     children.append(metrics_table(run.head_row(stream, layer, head), "grid-metrics"))
     return children
 

@@ -56,7 +56,7 @@ def _body(store, run: Run) -> tuple[list, dict]:
                            "`workbench patch` and `workbench prune` add them.", "info"))
     else:
         out.append(html.Div([html.Div(dcc.Graph(id=f"patching-effect-{i}",
-                                                figure=effect_heatmap(run.heads, c)),
+                                                figure=effect_heatmap(run.heads, c, run.meta)),
                                       className="grow", style={"minWidth": "420px"})
                              for i, c in enumerate(shown)], className="card row",
                             style={"flexWrap": "wrap"}))
@@ -69,17 +69,21 @@ def _body(store, run: Run) -> tuple[list, dict]:
                       control("y (approximation)", dropdown("patching-y", opts, y,
                                                             width="260px"))],
                      className="controls"),
-            dcc.Graph(id="patching-scatter", figure=scatter_figure(run.heads, x, y)),
+            dcc.Graph(id="patching-scatter", figure=scatter_figure(run.heads, x, y, run.meta)),
         ], className="card"))
     index = pick_input(run, None)
-    fig, why = position_view(store, run, index) if index is not None else (None, "this run lists no inputs")
+    kind = "info"
+    try:
+        fig, why = position_view(store, run, index) if index is not None else (None, "this run lists no inputs")
+    except RunError as exc:                            # unreadable patch.safetensors: this panel only
+        fig, why, kind = None, str(exc), "error"
     if fig is not None:
         out.append(html.Div([
             control("Input", dropdown("patching-pos-input", input_options(run), index, width="520px")),
             dcc.Graph(id="patching-pos-graph", figure=fig),
         ], className="card"))
-    elif cols:
-        out.append(message(why, "info"))
+    elif cols or kind == "error":
+        out.append(message(why, kind))
     try:
         curve = store.table(run.name, "prune_curve")
         out.append(html.Div(dcc.Graph(id="patching-prune", figure=prune_curve_figure(curve)),
@@ -116,7 +120,8 @@ def register(app: dash.Dash) -> None:
                   prevent_initial_call=True)
     def _scatter(x, y, name):
         try:
-            return scatter_figure(current_store().run(name).heads, x, y)
+            run = current_store().run(name)
+            return scatter_figure(run.heads, x, y, run.meta)
         except (RunError, ValueError) as exc:
             return {"layout": {"title": {"text": str(exc)}}}
 

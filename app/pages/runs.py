@@ -1,4 +1,9 @@
-"""Runs page: every run under RUNS_DIR; pick one to open, or two of one model to compare."""
+"""Runs page: every run under RUNS_DIR; pick one to open, or two of one model to compare.
+
+The status column says "ok", why a run cannot be opened, or which of its files are
+unreadable ("patterns.safetensors unreadable: ..."): such a run still opens, and only the
+panels that need the broken file show a message.
+"""
 from __future__ import annotations
 
 import dash
@@ -13,15 +18,16 @@ COLUMNS = ("name", "model", "family", "kind", "prompt set", "inputs", "analyses"
 
 def _rows(store) -> list[dict]:
     rows = []
-    for s in store.summaries():
+    for s in store.summaries(check_files=True):
         if s.run is None:
-            rows.append({"name": s.name, "status": s.error})
+            rows.append({"name": s.name, "status": s.error, "openable": False})
             continue
         r, m = s.run, s.run.meta
         rows.append({"name": s.name, "model": r.model, "family": m["model"].get("family", ""),
                      "kind": r.kind, "prompt set": m["inputs"].get("prompt_set", ""),
                      "inputs": len(r.items), "analyses": ", ".join(sorted(m.get("analyses", {}))),
-                     "created": str(m.get("created", ""))[:19].replace("T", " "), "status": "ok"})
+                     "created": str(m.get("created", ""))[:19].replace("T", " "),
+                     "status": "; ".join(s.problems) or "ok", "openable": True})
     return rows
 
 
@@ -37,8 +43,8 @@ def layout(**_query) -> html.Div:
         style_data_conditional=[{"if": {"filter_query": '{status} != "ok"'},
                                  "backgroundColor": "#fde8e8", "color": "#8a1f1f"}])
     return html.Div([
-        page_title("Runs", f"{len(rows)} run folder(s) in {store.root}"),
-        no_runs(store) if not any(r["status"] == "ok" for r in rows) else None,
+        page_title("Runs", f"{len(rows)} run folder(s) in RUNS_DIR"),
+        no_runs(store) if not any(r["openable"] for r in rows) else None,
         html.Div(table, className="card"),
         html.Div(id="runs-actions", className="card",
                  children=message("Select one run to open it, or two runs of the same model "
@@ -48,7 +54,7 @@ def layout(**_query) -> html.Div:
 
 def _actions(rows: list[dict], selected: list[int]) -> list:
     picked = [rows[i] for i in selected if 0 <= i < len(rows)]
-    bad = [r for r in picked if r.get("status") != "ok"]
+    bad = [r for r in picked if not r.get("openable")]
     if bad:
         return [message(f"{r['name']}: {r['status']}") for r in bad]
     if not picked:

@@ -59,6 +59,12 @@ def errors_on_page(drv) -> list[str]:
     return _texts(drv, ".msg-error")
 
 
+def console_errors(drv) -> list[str]:
+    """Console errors (SEVERE: failed scripts, Content-Security-Policy refusals, JS
+    exceptions) logged since the last call; reading the log empties it."""
+    return [e["message"] for e in drv.get_log("browser") if e.get("level") == "SEVERE"]
+
+
 def shot(drv, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"

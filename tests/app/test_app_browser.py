@@ -10,7 +10,8 @@ import pytest
 
 pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
 
-from _browser import click_cell, errors_on_page, open_page, shot, text_of, wait  # noqa: E402
+from _browser import (click_cell, console_errors, errors_on_page, open_page, shot,  # noqa: E402
+                      text_of, wait)
 from selenium.webdriver.common.by import By  # noqa: E402
 
 PAGES = [
@@ -34,8 +35,10 @@ def _query(drv) -> dict:
 
 @pytest.mark.parametrize("name, path, graphs", PAGES, ids=[p[0] for p in PAGES])
 def test_every_page_renders(browser, live_server, name, path, graphs):
+    console_errors(browser)                                  # start from an empty console log
     seconds = open_page(browser, live_server + path, *graphs)
     assert errors_on_page(browser) == []
+    assert console_errors(browser) == []     # e.g. no script refused by the security policy
     shot(browser, name)
     assert seconds < 15, f"{name} took {seconds:.1f} s"
 
