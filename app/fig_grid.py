@@ -4,6 +4,11 @@
 (``taxonomy.class``) become categories. With ``compare`` (a second run's head table for the
 same model) cells show ``run - compare`` (numeric) or whether the class changed. Each cell
 carries ``customdata = stream`` so a click names the head: ``(stream, y=layer, x=head)``.
+
+Colour scales follow what the column means (``metrics.column_scale``): signed quantities
+(patching effects, differences between runs, any column with both signs) on a red-blue
+scale centred on 0; magnitudes (AtP*, Michel importance) on a sequential scale from 0
+whose colour bar says "magnitude"; other quantities on Viridis.
 """
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from .metrics import HEAD_KEYS, format_value, is_numeric, label, numeric_columns
+from .metrics import (HEAD_KEYS, MAGNITUDE, SIGNED, column_scale, format_value, is_numeric,
+                      label, numeric_columns)
 from .run import STREAM_ORDER
 
 MAX_HOVER_EXTRAS = 6
@@ -69,7 +75,7 @@ def _hover(rows: pd.DataFrame, metric: str, n_layers: int, n_heads: int, stream:
 
 def head_grid_figure(heads: pd.DataFrame, metric: str, *, compare: pd.DataFrame | None = None,
                      selected: tuple[str, int, int] | None = None, title: str | None = None,
-                     diverging: bool = False) -> go.Figure:
+                     meta: dict | None = None, scale: str | None = None) -> go.Figure:
     """Heatmap per stream: rows = layers (0 on top), columns = heads.
 
     Args:
@@ -77,7 +83,9 @@ def head_grid_figure(heads: pd.DataFrame, metric: str, *, compare: pd.DataFrame 
         metric: column to colour by.
         compare: another run's head table; cells show ``heads - compare``.
         selected: ``(stream, layer, head)`` outlined in black.
-        diverging: use a red-blue scale centred on 0 (signed effects).
+        meta: the run's ``meta.json`` (says which patch method filled ``patch.effect``).
+        scale: ``"signed"``, ``"magnitude"`` or ``"plain"``; default
+            ``metrics.column_scale(metric, heads, meta)``.
 
     Raises:
         ValueError: ``metric`` is not a column, or ``compare`` lacks it.
@@ -121,20 +129,26 @@ def head_grid_figure(heads: pd.DataFrame, metric: str, *, compare: pd.DataFrame 
             fig.add_shape(type="rect", x0=selected[2] - 0.5, x1=selected[2] + 0.5,
                           y0=selected[1] - 0.5, y1=selected[1] + 0.5,
                           line={"color": "black", "width": 3}, row=1, col=col)
-    fig.update_layout(coloraxis=_coloraxis(numeric, compare is not None or (numeric and diverging),
-                                                     categories, metric),
+    scale = "diff" if compare is not None else (scale or column_scale(metric, heads, meta))
+    fig.update_layout(coloraxis=_coloraxis(numeric, scale, categories, metric),
                       height=max(320, 22 * max_layers + 130), margin={"l": 50, "r": 20, "t": 60,
                       "b": 40}, title={"text": title or label(metric), "x": 0.01},
                       clickmode="event")
     return fig
 
 
-def _coloraxis(numeric: bool, diff: bool, categories: list[str], metric: str) -> dict:
-    if numeric and diff:
-        return {"colorscale": "RdBu_r", "cmid": 0, "colorbar": {"title": "Δ / effect"}}
+def _coloraxis(numeric: bool, scale: str, categories: list[str], metric: str) -> dict:
+    unit = label(metric).split(": ")[-1]
+    if numeric and scale == "diff":
+        return {"colorscale": "RdBu_r", "cmid": 0, "colorbar": {"title": "Δ (this − compared)"}}
+    if numeric and scale == SIGNED:
+        return {"colorscale": "RdBu_r", "cmid": 0, "colorbar": {"title": f"{unit}<br>(signed)"}}
+    if numeric and scale == MAGNITUDE:
+        return {"colorscale": "Purples", "cmin": 0,
+                "colorbar": {"title": f"{unit}<br>(magnitude,<br>unsigned)"}}
     if numeric:
-        return {"colorscale": "Viridis", "colorbar": {"title": label(metric).split(": ")[-1]}}
-    if diff:
+        return {"colorscale": "Viridis", "colorbar": {"title": unit}}
+    if scale == "diff":
         return {"colorscale": [[0, "#eeeeee"], [0.5, "#eeeeee"], [0.5, "#d62728"], [1, "#d62728"]],
                 "cmin": 0, "cmax": 1, "colorbar": {"tickvals": [0.25, 0.75],
                                                     "ticktext": ["same", "changed"]}}

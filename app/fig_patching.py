@@ -1,9 +1,11 @@
 """Patching and pruning figures: effect heatmaps, exact-vs-AtP scatter, pruning curves.
 
-Effect heatmaps reuse ``head_grid_figure`` with a diverging scale centred on zero. The
-scatter compares two per-head effect columns (typically exact activation patching against
-its attribution-patching approximation, Nanda 2023 / Kramar et al. 2024) and reports
-Pearson and Spearman correlation. Pruning curves read ``prune_curve.parquet``
+Effect heatmaps reuse ``head_grid_figure``: signed effects on a diverging scale centred on
+zero, magnitudes (AtP*, Michel importance: ``metrics.column_scale``) on a sequential scale
+from zero, titled as magnitudes. The scatter compares two per-head effect columns
+(typically exact activation patching against its attribution-patching approximation,
+Nanda 2023 / Kramár et al. 2024) like with like: a signed column against a magnitude is
+drawn as |signed|; it reports Pearson and Spearman correlation of what is drawn. Pruning curves read ``prune_curve.parquet``
 (``method, seed, fraction_removed, metric``): mean over seeds with a min-max band.
 """
 from __future__ import annotations
@@ -14,14 +16,17 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from .fig_grid import head_grid_figure
-from .metrics import label
+from .metrics import MAGNITUDE, SIGNED, column_scale, label
 
 CURVE_COLUMNS = ("method", "seed", "fraction_removed", "metric")
 
 
-def effect_heatmap(heads: pd.DataFrame, column: str) -> go.Figure:
-    """Layer x head heatmap of one effect column, diverging around 0."""
-    return head_grid_figure(heads, column, diverging=True, title=label(column))
+def effect_heatmap(heads: pd.DataFrame, column: str, meta: dict | None = None) -> go.Figure:
+    """Layer x head heatmap of one effect column: diverging around 0 when signed, sequential
+    from 0 (title "magnitude, unsigned") for magnitudes; ``meta`` is the run's meta.json."""
+    scale = column_scale(column, heads, meta)
+    note = {MAGNITUDE: " — magnitude (unsigned)", SIGNED: " (signed)"}.get(scale, "")
+    return head_grid_figure(heads, column, meta=meta, scale=scale, title=label(column) + note)
 
 
 def position_figure(effects: np.ndarray, heads: list[str], tokens: list[str], *, title: str = "") -> go.Figure:
@@ -52,8 +57,11 @@ def correlations(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return pearson, float(np.corrcoef(rx, ry)[0, 1])
 
 
-def scatter_figure(heads: pd.DataFrame, x: str, y: str) -> go.Figure:
+def scatter_figure(heads: pd.DataFrame, x: str, y: str, meta: dict | None = None) -> go.Figure:
     """One point per head: ``x`` vs ``y`` with the identity line; hover names the head.
+
+    When one column is signed and the other a magnitude (exact effect vs AtP*), the signed
+    one is drawn as its absolute value, so like is compared with like.
 
     Raises:
         ValueError: ``x`` or ``y`` is not a column.
@@ -61,12 +69,22 @@ def scatter_figure(heads: pd.DataFrame, x: str, y: str) -> go.Figure:
     for c in (x, y):
         if c not in heads.columns:
             raise ValueError(f"no column {c!r} in the head table")
+    scales = {c: column_scale(c, heads, meta) for c in (x, y)}
+    absolute = {c: MAGNITUDE in scales.values() and scales[c] == SIGNED for c in (x, y)}
+
+    def values(frame: pd.DataFrame, c: str) -> np.ndarray:
+        v = frame[c].astype(float).to_numpy()
+        return np.abs(v) if absolute[c] else v
+
+    def name(c: str) -> str:
+        return f"|{label(c)}|" if absolute[c] else label(c) + (" (magnitude)" if scales[c] == MAGNITUDE else "")
+
     fig = go.Figure()
-    xs, ys = heads[x].astype(float).to_numpy(), heads[y].astype(float).to_numpy()
+    xs, ys = values(heads, x), values(heads, y)
     for i, (stream, rows) in enumerate(heads.groupby("stream", sort=False)):
         names = [f"{stream} L{layer} H{head}" for layer, head in zip(rows["layer"], rows["head"])]
         fig.add_trace(go.Scatter(
-            x=rows[x].astype(float), y=rows[y].astype(float), mode="markers", name=stream,
+            x=values(rows, x), y=values(rows, y), mode="markers", name=stream,
             text=names, marker={"color": qualitative.D3[i % 10], "size": 7, "opacity": 0.8},
             hovertemplate="%{text}<br>x %{x:.4g}<br>y %{y:.4g}<extra></extra>"))
     finite = np.concatenate([xs[np.isfinite(xs)], ys[np.isfinite(ys)]])
@@ -75,9 +93,9 @@ def scatter_figure(heads: pd.DataFrame, x: str, y: str) -> go.Figure:
         fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x",
                                  line={"color": "grey", "dash": "dash"}, hoverinfo="skip"))
     r, rho = correlations(xs, ys)
-    fig.update_layout(title={"text": f"{label(y)} vs {label(x)}: Pearson r = {r:.3f}, "
+    fig.update_layout(title={"text": f"{name(y)} vs {name(x)}: Pearson r = {r:.3f}, "
                              f"Spearman ρ = {rho:.3f}", "x": 0.01},
-                      xaxis_title=label(x), yaxis_title=label(y), height=480,
+                      xaxis_title=name(x), yaxis_title=name(y), height=480,
                       margin={"l": 60, "r": 20, "t": 50, "b": 50})
     return fig
 

@@ -4,6 +4,23 @@ Metric columns are every column except ``stream, layer, head``; their prefix bef
 first dot names the analysis (``entropy.mean_nats`` -> analysis ``entropy``). Numeric and
 boolean columns are drawn on a colour scale, string columns (``taxonomy.class``) as
 categories.
+
+Signed or magnitude (``column_scale``), decided per column from what wrote it:
+
+- ``importance.michel`` / ``importance.michel_raw``: E_x|dM/dxi_h| (Michel et al. 2019,
+  ``analyses/importance.py``), a magnitude.
+- ``patch.effect`` and ``patch.effect_norm``: signed metric(patched) - metric(base) for
+  ``exact``, ``naive`` and ``atp`` (Nanda 2023: a signed linear estimate), but a magnitude
+  when the run's patch method is ``atp*`` (Kramár et al. 2024 eq. 11 averages |c_hat_l|;
+  ``workbench/patching/atp.py``). The method comes from ``meta.json``
+  (``analyses.patch.method``), else from the ``patch.method`` column.
+- ``patch.effect_<method>`` (extra methods of one ``workbench patch``): a magnitude for
+  ``atp_star``, signed otherwise; ``prune.patch_effect`` (zero ablation): signed.
+- Any other numeric column is signed when it holds values of both signs.
+
+Magnitudes get a sequential scale from 0 and say "magnitude"; signed quantities a
+diverging scale centred on 0; the exact-vs-approximation scatter compares |signed| with a
+magnitude.
 """
 from __future__ import annotations
 
@@ -15,6 +32,8 @@ HEAD_KEYS = ("stream", "layer", "head")
 PREFERRED = ("entropy.mean_nats", "sinks.alpha1", "retrieval.score", "patch.effect",
              "importance.michel", "taxonomy.class")
 EFFECT_PREFIXES = ("patch", "atp", "importance", "prune")
+MAGNITUDE_METHODS = ("atp*", "atp_star", "atp-star")
+SIGNED, MAGNITUDE, PLAIN = "signed", "magnitude", "plain"
 
 
 def metric_columns(heads: pd.DataFrame) -> list[str]:
@@ -68,6 +87,35 @@ def heatmap_columns(heads: pd.DataFrame) -> list[str]:
     a zero ablation, which has no clean-vs-corrupt gap)."""
     return [c for c in effect_columns(heads)
             if ".rank" not in c and ".step_" not in c and heads[c].notna().any()]
+
+
+def patch_method(heads: pd.DataFrame, meta: dict | None) -> str | None:
+    """The method that filled ``patch.effect``: ``meta.json``'s ``analyses.patch.method``,
+    else the table's ``patch.method`` column; None when neither says."""
+    method = (((meta or {}).get("analyses") or {}).get("patch") or {}).get("method")
+    if isinstance(method, str):
+        return method
+    if "patch.method" in heads.columns and heads["patch.method"].notna().any():
+        return str(heads["patch.method"].dropna().iloc[0])
+    return None
+
+
+def column_scale(column: str, heads: pd.DataFrame, meta: dict | None = None) -> str:
+    """``"magnitude"`` (unsigned, >= 0), ``"signed"`` (diverging around 0) or ``"plain"``
+    (any other numeric quantity) for a numeric head-table column; see the module notes."""
+    analysis, _, rest = column.partition(".")
+    if analysis == "importance":
+        return MAGNITUDE
+    if analysis == "patch" and rest in ("effect", "effect_norm"):
+        return MAGNITUDE if patch_method(heads, meta) in MAGNITUDE_METHODS else SIGNED
+    if analysis in EFFECT_PREFIXES and any(m in column.lower() for m in MAGNITUDE_METHODS):
+        return MAGNITUDE
+    if analysis in EFFECT_PREFIXES and "rank" not in rest and "step_" not in rest:
+        return SIGNED
+    values = pd.to_numeric(heads[column], errors="coerce") if column in heads.columns else None
+    if values is not None and (values < 0).any() and (values > 0).any():
+        return SIGNED
+    return PLAIN
 
 
 def exact_and_atp(heads: pd.DataFrame) -> tuple[str | None, str | None]:
