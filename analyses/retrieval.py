@@ -4,7 +4,8 @@ Definition (Wu et al. 2024, "Retrieval Head Mechanistically Explains Long-Contex
 Factuality"): needle-in-a-haystack (NIAH) tests decoded greedily. At decoding step s the
 model emits token g_s from query position q_s; head h *copies* at that step if (a) the
 argmax of its attention row at q_s lies inside the needle span and (b) the prompt token at
-that argmax equals g_s. Each copy adds 1/|needle span|. A test is counted only if the
+that argmax equals g_s. Each needle position copied at least once adds 1/|needle span|
+(a position copied twice counts once, so a test scores at most 1). A test is counted only if the
 answer was retrieved (ROUGE-1 recall of the output against the answer > 0.5); a head's
 retrieval score is the mean over counted tests, and it is a retrieval head if the score
 exceeds 0.1. Causal check: mask the top-k retrieval heads, and separately k random heads
@@ -85,17 +86,21 @@ def grid_prompts(model, lengths, depths, n_needles: int, max_new_tokens: int = 1
 
 
 def copy_scores(prompt: NiahPrompt, gen: list[int], argmax: dict) -> dict[Head, float]:
-    """Per head: (number of copy steps) / |needle span| for one decoded test.
+    """Per head: |needle positions copied| / |needle span| for one decoded test, in [0, 1].
 
-    ``argmax``: {(stream, layer): [head, step]} argmax key of each head at each step."""
+    A step copies when the head's argmax key lies in the needle span and holds the token
+    emitted at that step; each needle position counts at most once, however often it is
+    copied (Wu et al. 2024: |g_h intersect k| / |k| over the set of copied needle tokens).
+    ``argmax``: {(stream, layer): long [head, step]} argmax key of each head at each step."""
     a, b = prompt.span
     ids_t = torch.tensor(prompt.ids + gen)
     g = torch.tensor(gen)
     out = {}
     for (stream, layer), arg in argmax.items():
-        inside = (arg >= a) & (arg < b)
-        same = ids_t[arg] == g[None, :]
-        n = (inside & same).sum(-1).float() / (b - a)
+        copy = (arg >= a) & (arg < b) & (ids_t[arg] == g[None, :])             # [head, step]
+        hit = torch.zeros(arg.shape[0], b - a, dtype=torch.bool)
+        hit[torch.nonzero(copy, as_tuple=True)[0], arg[copy] - a] = True       # copied needle positions
+        n = hit.sum(-1).float() / (b - a)
         for h in range(arg.shape[0]):
             out[Head(stream, layer, h)] = float(n[h])
     return out

@@ -78,3 +78,21 @@ def test_kv_plan_groups_gqa_heads(smol):
     assert l0[l0["kv_plan.kv_head"] == 1]["kv_plan.streaming"].all()
     assert kv_plan.memory_saved(plan, 1000, 4, 64) == pytest.approx(89 / 90 * (1000 - 68) / 1000)
     assert kv_plan.applies(wb.load("minilm-l6")) is not None
+
+
+def test_copy_score_counts_each_needle_position_once():
+    """Hand-built decode: needle span = positions 2..4 of the prompt (tokens 7, 8, 9)."""
+    from workbench._types import Head
+
+    pr = retrieval.NiahPrompt(ids=[1, 2, 7, 8, 9, 3], span=(2, 5), needle=NEEDLES[0], length=6, depth=0.5)
+    gen = [7, 8, 7, 8, 9]                      # the model repeats the start of the answer
+    arg = torch.tensor([
+        [2, 3, 2, 3, 4],                       # copies 7, 8, 7 again, 8 again, 9: 3 distinct positions
+        [2, 2, 2, 2, 2],                       # copies position 2 twice (steps 0 and 2), else mismatching tokens
+        [2, 3, 0, 5, 4],                       # copies 2, 3, 4 once each; steps 2/3 point outside the span
+        [3, 2, 4, 1, 0],                       # inside the span but never the emitted token
+    ])
+    got = retrieval.copy_scores(pr, gen, {("self", 0): arg})
+    want = [3 / 3, 1 / 3, 3 / 3, 0.0]
+    assert [got[Head("self", 0, h)] for h in range(4)] == pytest.approx(want)
+    assert all(0 <= v <= 1 for v in got.values())
