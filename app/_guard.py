@@ -31,6 +31,10 @@ def _int(v) -> bool:
     return v is None or (isinstance(v, int) and not isinstance(v, bool) and abs(v) < MAX_INT)
 
 
+def _path(v) -> bool:
+    return v is None or (_text(v) and v.startswith("/"))
+
+
 def _object(v) -> bool:
     return v is None or isinstance(v, dict)
 
@@ -51,7 +55,8 @@ class Kind:
 
 
 TEXT = Kind("text or null", _text)
-INT = Kind(f"an integer below 2**31 or null", _int)
+PATH = Kind("a path starting with / or null", _path)
+INT = Kind("an integer below 2**31 or null", _int)
 OBJECT = Kind("an object or null", _object)
 HEAD = Kind("[stream, layer, head] or null", _head)
 TEXTS = Kind("a list of texts or null", _list_of(_text))
@@ -60,7 +65,7 @@ OBJECTS = Kind("a list of objects or null", _list_of(_object))
 ANY = Kind("anything", lambda v: True)
 
 KINDS: dict[tuple[str, str], Kind] = {
-    ("_pages_location", "pathname"): TEXT, ("_pages_location", "search"): TEXT,
+    ("_pages_location", "pathname"): PATH, ("_pages_location", "search"): TEXT,
     ("_pages_store", "data"): OBJECT,
     ("grid-metric", "value"): TEXT, ("grid-compare", "value"): TEXT,
     ("grid-head", "data"): HEAD, ("grid-heatmap", "clickData"): ANY,

@@ -13,7 +13,7 @@ from dash.exceptions import PreventUpdate
 from ..components import control, dropdown, message, metrics_table, run_picker
 from ..fig_grid import clicked_head, head_grid_figure
 from ..fig_pattern import pattern_preview
-from ..metrics import default_metric, label, metric_options
+from ..metrics import HEAD_KEYS, default_metric, label, metric_options
 from ..run import Run, RunError
 from ..run_page import register_run_switch, run_page
 from ..view import current_store, href, one, pick_head, pick_input, unchanged
@@ -31,7 +31,12 @@ def _compare(store, run: Run, name: str | None) -> tuple[Run | None, str | None]
     return other, None
 
 
-def _figure(store, run: Run, metric: str, compare: str | None, selected) -> tuple:
+def _figure(store, run: Run, metric: str | None, compare: str | None, selected) -> tuple:
+    """(heatmap, message or None); a metric the run lacks falls back to the default one."""
+    metric = metric if metric in run.heads.columns and metric not in HEAD_KEYS \
+        else default_metric(run.heads)
+    if metric is None:
+        raise RunError(f"run {run.name!r} has no metric columns in heads.parquet")
     other, msg = _compare(store, run, compare)
     if other is not None and metric not in other.heads.columns:
         other, msg = None, f"cannot compare: {compare} has no column {metric}"

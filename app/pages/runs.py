@@ -53,8 +53,10 @@ def layout(**_query) -> html.Div:
 
 
 def _actions(rows: list[dict], selected: list[int]) -> list:
-    picked = [rows[i] for i in selected if 0 <= i < len(rows)]
-    bad = [r for r in picked if not r.get("openable")]
+    picked = [{"name": str(r.get("name", "")), "model": str(r.get("model", "")),
+               "status": str(r.get("status", "")), "openable": r.get("openable")}
+              for r in (rows[i] for i in selected if 0 <= i < len(rows)) if isinstance(r, dict)]
+    bad = [r for r in picked if r["openable"] is not True]
     if bad:
         return [message(f"{r['name']}: {r['status']}") for r in bad]
     if not picked:
