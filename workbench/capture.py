@@ -156,10 +156,13 @@ class HeadStats:
 
 
 def reduce_pattern(pattern: torch.Tensor, allowed: torch.Tensor, query_mask: torch.Tensor | None) -> HeadStats:
-    """Reduce one site's pattern [batch, head, q, k] to ``HeadStats``."""
+    """Reduce one site's pattern [batch, head, q, k] to ``HeadStats``, in float32 whatever
+    the pattern's dtype (reduced-precision models accumulate in float32)."""
+    pattern = pattern.float()
     b, h, tq, tk = pattern.shape
     allowed_b = allowed.expand(b, -1, tq, tk)[:, 0]
-    qmask = torch.ones(b, tq, dtype=pattern.dtype) if query_mask is None else query_mask[:, -tq:].to(pattern.dtype)
+    qmask = (torch.ones(b, tq, dtype=pattern.dtype, device=pattern.device) if query_mask is None
+             else query_mask[:, -tq:].to(pattern.device, pattern.dtype))
     return HeadStats(
         row_entropy=-torch.special.xlogy(pattern, pattern).sum(-1),
         n_keys=allowed_b.sum(-1),

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from . import _attention
+from . import _attention, _device
 from ._types import Head, Site
 from .adapters import Family, family_for, find_sites, w_o
 from .batch import Batch, pad_ids
@@ -60,7 +60,33 @@ class Model:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.hf.parameters()).dtype
+        """dtype of the weights (the input embedding's; float inputs are cast to it in ``run``)."""
+        return _device.param_dtype(self.hf)
+
+    @property
+    def device(self) -> torch.device:
+        """Device the inputs go to (``run`` moves them): the model's device, or for a
+        dispatched model (``device_map``) the execution device of its input embedding.
+        Captures of a run are returned on this device."""
+        return _device.input_device(self.hf)
+
+    @property
+    def device_map(self) -> dict[str, str] | None:
+        """{module name: ``"cuda:0"`` | ``"cpu"`` | ``"disk"``} of a model dispatched by
+        accelerate over several devices or offloaded; None for a model on one device."""
+        return _device.module_device_map(self.hf)
+
+    @property
+    def offloaded(self) -> list[Site]:
+        """Sites whose attention weights are offloaded (on ``"disk"``, or on the CPU while the
+        model computes on a GPU): accelerate streams them in for every forward, so they are
+        traced like any other site but each forward reads them again."""
+        dm = self.device_map
+        if not dm:
+            return []
+        names = {id(m): n for n, m in self.hf.named_modules()}
+        return [s for s, m in self._attn_modules.items()
+                if _device.offloaded(_device.placed_on(names[id(m)], dm) or "cpu", dm)]
 
     def site(self, stream: str, layer: int) -> Site:
         """The site at ``(stream, layer)``; ValueError naming the model's streams if absent."""
@@ -134,20 +160,25 @@ class Model:
     def run(self, batch: Batch, capture: Sequence = (), edits: Sequence = (), *, grad: bool = False) -> Trace:
         """One forward with captures (``Pattern``, ``Z``, ``Stats``) and edits (``Ablate``, ``SetZ``).
 
+        Input tensors move to ``self.device`` (floating ones, audio features, are cast to
+        ``self.dtype``); captures and ``Trace.query_mask`` are on ``self.device``.
+
         Returns a ``Trace``. Raises SiteNotFiredError naming any requested site the forward
         never reached; ValueError for unknown sites or heads. Gradients are off unless
         ``grad=True``. The model is left exactly as it was, whatever happens.
         """
         edits = self._resolve_means(batch, list(edits))
-        tracer = Tracer(self, list(capture), edits, batch.query_mask)
+        dev, dtype = self.device, self.dtype
+        query_mask = {k: v.to(dev) for k, v in batch.query_mask.items()}
+        tracer = Tracer(self, list(capture), edits, query_mask)
         token = _attention.ACTIVE.set(tracer)
         try:
             with torch.set_grad_enabled(grad):
-                output = self.hf(**batch.model_inputs)
+                output = self.hf(**_to_device(batch.model_inputs, dev, dtype))
         finally:
             _attention.ACTIVE.reset(token)
         tracer.check_fired()
-        return Trace(output, tracer.pattern, tracer.z, tracer.stats, batch.query_mask, batch, self.sites)
+        return Trace(output, tracer.pattern, tracer.z, tracer.stats, query_mask, batch, self.sites)
 
     def mean_z(self, batch: Batch, heads: Sequence[Head]) -> dict[Head, torch.Tensor]:
         """Mean z of each head over every valid position of every input: {Head: [d_head]}."""
@@ -156,7 +187,7 @@ class Model:
         for h in heads:
             z = trace.z[h.site_key][:, :, h.head].float()          # [batch, pos, d_head]
             m = batch.query_mask.get(h.stream)
-            m = torch.ones(z.shape[:2]) if m is None else m[:, -z.shape[1]:].float()
+            m = torch.ones(z.shape[:2], device=z.device) if m is None else m[:, -z.shape[1]:].to(z.device).float()
             out[h] = (z * m[..., None]).sum((0, 1)) / m.sum().clamp_min(1)
         return out
 
@@ -168,6 +199,27 @@ class Model:
         return [Ablate(e.heads, "mean", {h: means[h] for h in e.heads}) if e in todo else e for e in edits]
 
 
-def wrap(hf_model, *, tokenizer=None, feature_extractor=None, name: str = "", source: str = "") -> Model:
-    """Wrap an already loaded HF model. Raises UnsupportedModelError listing supported families."""
+def wrap(hf_model, *, tokenizer=None, feature_extractor=None, name: str = "", source: str = "", device=None,
+         dtype=None, device_map=None, max_memory: dict | None = None, offload_folder=None) -> Model:
+    """Wrap an already loaded HF model.
+
+    ``device`` / ``dtype`` move and cast it (in place, as ``hf_model.to`` does; None keeps
+    what it has); ``device_map`` / ``max_memory`` / ``offload_folder`` dispatch it with
+    accelerate (as in ``workbench.load``). A model already dispatched is wrapped as it is.
+
+    Raises:
+        UserError: bad device / dtype / device_map values, a CUDA device this machine lacks,
+            or a move asked of an already dispatched model.
+        UnsupportedModelError: the architecture has no adapter (lists the supported families).
+    """
+    from ._dispatch import place
+
+    hf_model = place(hf_model, device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
+                     offload_folder=offload_folder)
     return Model(hf_model, tokenizer=tokenizer, feature_extractor=feature_extractor, name=name, source=source)
+
+
+def _to_device(inputs: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    """Model inputs on ``device``; floating tensors (audio features) cast to ``dtype``."""
+    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) if torch.is_tensor(v) else v
+            for k, v in inputs.items()}

@@ -52,6 +52,7 @@ class Tracer:
 
     def __init__(self, model, capture, edits, query_mask: dict[str, torch.Tensor]):
         self.model = model
+        self.home = model.device             # captures are returned here (sites of a dispatched model differ)
         self.site_of = {id(mod): site for site, mod in model._attn_modules.items()}
         self.want_pattern: set = set()
         self.want_z: set = set()
@@ -110,14 +111,15 @@ class Tracer:
 
             pattern, allowed = attention_probs(module, query, key, mask, scaling, is_causal)
             if k in self.want_pattern:
-                self.pattern[k] = _append(self.pattern.get(k), pattern, dim=2)
+                self.pattern[k] = _append(self.pattern.get(k), pattern.to(self.home), dim=2)
             if k in self.want_stats:
-                self.stats[k] = _merge_stats(self.stats.get(k), reduce_pattern(pattern, allowed, self.query_mask.get(site.stream)))
+                part = reduce_pattern(pattern, allowed, self.query_mask.get(site.stream))
+                self.stats[k] = _merge_stats(self.stats.get(k), _stats_to(part, self.home))
         if k in self.edits:
             out = self._edit(site, out, value, allowed if need_probs else None, query.shape[2],
                              pattern if need_probs else None, key.shape[2] - query.shape[2])
         if k in self.want_z:
-            self.z[k] = _append(self.z.get(k), out.detach(), dim=1)
+            self.z[k] = _append(self.z.get(k), out.detach().to(self.home), dim=1)
         return out
 
     def _blocked_stats(self, site: Site, module, query, key, mask, scaling, is_causal) -> None:
@@ -132,7 +134,7 @@ class Tracer:
         for rows in stats_blocks(query, key.shape[2]):
             pattern, allowed = attention_probs(module, query, key, mask, scaling, is_causal, rows=rows)
             part = reduce_pattern(pattern, allowed, None if qm is None else qm[:, rows])
-            self.stats[site.key] = _merge_stats(self.stats.get(site.key), part)
+            self.stats[site.key] = _merge_stats(self.stats.get(site.key), _stats_to(part, self.home))
 
     def _edit(self, site: Site, out: torch.Tensor, value, allowed, tq: int, pattern=None, offset: int = 0) -> torch.Tensor:
         out = out.clone()
@@ -142,12 +144,12 @@ class Tracer:
                 a = edit.fn(pattern[:, h], offset)                 # [batch, q, k]
                 out[:, :, h, :] = torch.einsum("bqk,bkd->bqd", a.float(), value[:, kvh].float()).to(out.dtype)
             elif isinstance(edit, SetZ):
-                v = edit.value.to(out.dtype)
+                v = edit.value.to(out.device, out.dtype)
                 out[:, :, h, :] = v[..., -tq:, :] if v.dim() >= 2 and v.shape[-2] > tq else v
             elif edit.kind == "zero":
                 out[:, :, h, :] = 0
             elif edit.kind == "mean":
-                out[:, :, h, :] = edit.means[_head_of(site, h)].to(out.dtype)
+                out[:, :, h, :] = edit.means[_head_of(site, h)].to(out.device, out.dtype)
             else:  # uniform attention over allowed keys
                 kvh = h // (site.n_heads // site.n_kv_heads)
                 w = allowed.expand(out.shape[0], -1, -1, -1)[:, 0].to(torch.float32)
@@ -169,6 +171,10 @@ def _head_of(site: Site, h: int):
     from ._types import Head
 
     return Head(site.stream, site.layer, h)
+
+
+def _stats_to(s: HeadStats, device: torch.device) -> HeadStats:
+    return HeadStats(**{k: v.to(device) for k, v in s.to_dict().items()})
 
 
 def _append(prev: torch.Tensor | None, new: torch.Tensor, dim: int) -> torch.Tensor:

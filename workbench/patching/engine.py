@@ -148,8 +148,8 @@ class Sweep:
             from .metrics import gather_positions, output_tensor
 
             metric.bind(gather_positions(output_tensor(out, metric.output), metric.positions()))
-            self.clean_metric = metric.evaluate(out).float()
-            self.corrupt_metric = None if corrupt is None else metric.evaluate(model.run(corrupt).output).float()
+            self.clean_metric = metric.evaluate(out).float().cpu()
+            self.corrupt_metric = None if corrupt is None else metric.evaluate(model.run(corrupt).output).float().cpu()
         self.means = None
         if config.ablation == "mean":
             self.means = model.mean_z(reference if reference is not None else clean, heads)
@@ -189,11 +189,11 @@ class Sweep:
             for k, v in sorted((b.model_inputs if b is not None else {}).items()):
                 if torch.is_tensor(v):
                     h.update(k.encode())
-                    h.update(v.detach().contiguous().numpy().tobytes())
+                    h.update(v.detach().cpu().contiguous().numpy().tobytes())
         for k, v in sorted(vars(self.metric).items()):
             if torch.is_tensor(v) and k != "ref":
                 h.update(k.encode())
-                h.update(v.detach().float().contiguous().numpy().tobytes())
+                h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:24]
 
     # -- per shard ---------------------------------------------------------------------
@@ -217,7 +217,7 @@ class Sweep:
         def mean_src(key, zb):
             out = zb.clone()
             for h in self.by_key[key]:
-                out[:, :, h] = means[Head(key[0], key[1], h)].to(zb.dtype)
+                out[:, :, h] = means[Head(key[0], key[1], h)].to(zb.device, zb.dtype)
             return out
         return mean_src
 
@@ -232,11 +232,11 @@ class Sweep:
             from ._resume import Resumable
 
             res = Resumable(self.model, base, self.edits, self.metric.positions()[st["idx"]], self.metric.output)
-            st.update(res=res, z_base=res.z, base_metric=self.metric.evaluate(res.output, st["idx"]))
+            st.update(res=res, z_base=res.z, base_metric=self.metric.evaluate(res.output, st["idx"]).float().cpu())
         elif method == "naive":
             with torch.no_grad():
                 tr = self.model.run(base, capture=[Z(self.keys)], edits=self.edits)
-            st.update(z_base=tr.z, base_metric=self.metric.evaluate(tr.output, st["idx"]))
+            st.update(z_base=tr.z, base_metric=self.metric.evaluate(tr.output, st["idx"]).float().cpu())
         self._setup_cache = (shard, st)
         return st
 
@@ -247,11 +247,11 @@ class Sweep:
             src = st["source"]
             res = atp_effects(self.model, st["base"], self.edits, src, self.metric, st["idx"], self.keys,
                               per_position=cfg.per_position, graddrop=cfg.method == "atp*")
-            out = {"base_metric": res["base_metric"]}
+            out = {"base_metric": res["base_metric"].float().cpu()}
             for name in ("atp", "atp*"):
                 for key, v in res.get(name, {}).items():
                     sel = v[:, self.by_key[key]]                           # [n, heads(, pos)]
-                    out[f"{name}:{key[0]}/{key[1]}"] = sel.transpose(0, 1).contiguous()
+                    out[f"{name}:{key[0]}/{key[1]}"] = sel.transpose(0, 1).float().cpu().contiguous()
             return out
         out = {"base_metric": st["base_metric"]}
         if cfg.method == "exact":

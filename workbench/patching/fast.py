@@ -20,6 +20,12 @@ Two ways to apply the patch at the patched layer (``update``):
   differs between o_proj(z) + update and o_proj(z'), and a deep model amplifies that
   ulp-level difference: measured <= 2e-7 on the tiny test models and up to ~2e-5 on the
   IOI logit difference of smollm2-135m (30 layers).
+
+Devices: activations and patches stay on the device of the captured z (the model's);
+the bookkeeping (which variant is which row, what changed) is on the CPU, and effects
+come back as float32 CPU tensors. Reduced precision: the replay runs in the model's
+dtype, exactly the naive loop's computation, so fast == naive holds there too (tested
+in bfloat16 in ``tests/test_device_dtype.py``).
 """
 from __future__ import annotations
 
@@ -65,12 +71,12 @@ def fast_effects(res: Resumable, sites: list, z_src: dict, metric, index: torch.
     for s, (key, heads) in enumerate(sites):
         zb = res.z[key]
         n, t = zb.shape[:2]
-        changed = (z_src[key].to(zb.dtype) != zb).any(-1)             # [n, pos, head]
+        changed = (z_src[key].to(zb.device, zb.dtype) != zb).any(-1).cpu()   # [n, pos, head]
         out[key] = torch.zeros(len(heads), n, t) if per_position else torch.zeros(len(heads), n)
         hs = torch.tensor(heads)
         if per_position:
             qm = query_mask.get(key[0])
-            qm = torch.ones(n, t, dtype=torch.bool) if qm is None else qm[:, -t:].bool()
+            qm = torch.ones(n, t, dtype=torch.bool) if qm is None else qm[:, -t:].bool().cpu()
             q, hi, i = torch.nonzero((changed[:, :, hs] & qm[:, :, None]).permute(1, 2, 0), as_tuple=True)
         else:
             hi = torch.arange(len(heads)).repeat_interleave(n)
@@ -111,20 +117,29 @@ def _chunk(res, sname, sites, rows, layer, z_src, metric, index, base_metric, pe
         sel = torch.nonzero(site == s)[:, 0]
         lo, hi_ = int(sel[0]), int(sel[-1]) + 1
         key, heads = sites[s]
-        zb, zs = res.z[key], z_src[key].to(res.z[key].dtype)
-        h = torch.tensor(heads)[hi[lo:hi_]]
-        ii = i[lo:hi_]
+        zb = res.z[key]
+        dev = zb.device
+        zs = z_src[key].to(dev, zb.dtype)
+        h = torch.tensor(heads)[hi[lo:hi_]].to(dev)
+        ii = i[lo:hi_].to(dev)
         mask = torch.ones(hi_ - lo, t, dtype=torch.bool)
         if per_position:
             mask = torch.arange(t)[None, :] == q[lo:hi_, None]
-        changed[lo:hi_] = mask & (zs[ii, :, h] != zb[ii, :, h]).any(-1)
+        mask = mask.to(dev)
+        changed[lo:hi_] = (mask & (zs[ii, :, h] != zb[ii, :, h]).any(-1)).cpu()
         n_heads, d_head = zb.shape[2:]
         if update == "z":
-            sel_h = mask[:, :, None] & (torch.arange(n_heads)[None, None, :] == h[:, None, None])
+            sel_h = mask[:, :, None] & (torch.arange(n_heads, device=dev)[None, None, :] == h[:, None, None])
             x_new = torch.where(sel_h[..., None], zs[ii], zb[ii]).reshape(hi_ - lo, t, n_heads * d_head)
             patches.append((key, lo, hi_, "z", x_new))
         else:
-            w_o = res.model.W_O(*key).detach().double()
+            w_o = res.model.W_O(*key).detach()
+            if w_o.device.type == "meta":
+                from ..errors import UserError
+
+                raise UserError(f"update='rank' reads W_O of site {key[0]}/{key[1]}, which is offloaded "
+                                "(device_map); use update='z'")
+            w_o = w_o.to(dev).double()
             dz = (zs[ii, :, h] - zb[ii, :, h]).double() * mask[..., None]
             patches.append((key, lo, hi_, "rank", torch.einsum("rtd,rdm->rtm", dz, w_o[h])))
     start = _first_change(changed) if res.can_skip_prefix(keys[0]) else 0
@@ -132,7 +147,7 @@ def _chunk(res, sname, sites, rows, layer, z_src, metric, index, base_metric, pe
         return                                                        # nothing changes: effects exactly 0
     with torch.no_grad():
         o = res.run_rows(sname, layer.tolist(), i, patches, start)
-    vals = (metric(o, index[i]) - base_metric[i]).float()
+    vals = metric(o, index[i]).float().cpu() - base_metric[i].float().cpu()
     for r in range(len(rows)):
         key = keys[r]
         if per_position:

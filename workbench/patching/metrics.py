@@ -10,6 +10,9 @@ needed, and evaluates ``metric(out, rows)``:
           variants of one input share its index);
     ->    float [rows] (float32, or float64 for a float64 model).
 
+Metrics are computed in float32 (float64 for a float64 model) on the device of ``out``;
+index tensors (positions, targets, rows) may live on the CPU and are moved there.
+
 Units: logits and log-probabilities in nats. The effect of a patch is always
 ``metric(patched) - metric(base)`` per input, averaged over inputs.
 """
@@ -46,6 +49,11 @@ def _f(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
+def _at(x: torch.Tensor, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x[rows]`` on the device of ``like`` (metric tensors stay where they were built)."""
+    return x[rows.to(x.device)].to(like.device)
+
+
 def _as_pos(positions, n: int | None = None) -> torch.Tensor:
     p = torch.as_tensor(positions, dtype=torch.long)
     if p.dim() == 0:
@@ -73,7 +81,7 @@ class Metric:
     def evaluate(self, output, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Metric of a full HF model output for inputs ``rows`` (default: all), float32 [rows]."""
         t = output_tensor(output, self.output)
-        rows = torch.arange(t.shape[0]) if rows is None else rows
+        rows = torch.arange(t.shape[0]) if rows is None else rows.cpu()
         return self(gather_positions(t, self.pos[rows]), rows)
 
     def describe(self) -> dict:
@@ -81,8 +89,8 @@ class Metric:
 
 
 def gather_positions(t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """t [rows, T, *] at pos [rows, k] -> [rows, k, *]."""
-    idx = pos.clamp(0, t.shape[1] - 1).reshape(*pos.shape, *([1] * (t.dim() - 2)))
+    """t [rows, T, *] at pos [rows, k] -> [rows, k, *] (on ``t``'s device)."""
+    idx = pos.to(t.device).clamp(0, t.shape[1] - 1).reshape(*pos.shape, *([1] * (t.dim() - 2)))
     return torch.take_along_dim(t, idx.expand(*pos.shape, *t.shape[2:]), dim=1)
 
 
@@ -105,7 +113,7 @@ class LogitDiff(Metric):
 
     def __call__(self, out, rows):
         lg = _f(out[:, 0])
-        return lg.gather(1, self.target[rows, None])[:, 0] - lg.gather(1, self.distractor[rows, None])[:, 0]
+        return lg.gather(1, _at(self.target, rows, lg)[:, None])[:, 0] - lg.gather(1, _at(self.distractor, rows, lg)[:, None])[:, 0]
 
 
 class LogProb(Metric):
@@ -118,7 +126,8 @@ class LogProb(Metric):
         self.pos = _as_pos(positions, len(self.target))
 
     def __call__(self, out, rows):
-        return torch.log_softmax(_f(out[:, 0]), -1).gather(1, self.target[rows, None])[:, 0]
+        lp = torch.log_softmax(_f(out[:, 0]), -1)
+        return lp.gather(1, _at(self.target, rows, lp)[:, None])[:, 0]
 
 
 class KL(Metric):
@@ -140,7 +149,7 @@ class KL(Metric):
         if self.ref is None:
             raise RuntimeError("KL metric has no clean distribution; the engine binds it (metric.bind)")
         lp = torch.log_softmax(_f(out), -1)
-        ref = self.ref[rows].to(lp.dtype)
+        ref = _at(self.ref, rows, lp).to(lp.dtype)
         return (ref.exp() * (ref - lp)).sum(-1).mean(-1)
 
 
@@ -165,8 +174,9 @@ class TokenLogProb(Metric):
         self.reduce = reduce
 
     def __call__(self, out, rows):
-        lp = torch.log_softmax(_f(out), -1).gather(2, self.targets[rows][..., None])[..., 0]
-        w = self.weights[rows].to(lp.dtype)
+        lp = torch.log_softmax(_f(out), -1)
+        lp = lp.gather(2, _at(self.targets, rows, lp)[..., None])[..., 0]
+        w = _at(self.weights, rows, lp).to(lp.dtype)
         s = (lp * w).sum(-1)
         return s if self.reduce == "sum" else s / w.sum(-1).clamp_min(1)
 
@@ -215,12 +225,12 @@ class CosineSimilarity(Metric):
         self.pos = torch.arange(t).expand(n, t)
 
     def __call__(self, out, rows):
-        emb = mean_pool(out, self.weights[rows])
-        return torch.nn.functional.cosine_similarity(emb, self.reference[rows].to(emb.dtype), dim=-1)
+        emb = mean_pool(out, _at(self.weights, rows, out))
+        return torch.nn.functional.cosine_similarity(emb, _at(self.reference, rows, emb).to(emb.dtype), dim=-1)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of hidden [batch, T, d] over positions where mask [batch, T] is 1 (weights in
     general), float32 [batch, d] (float64 for a float64 model)."""
-    w = mask[..., None].to(_f(hidden).dtype)
+    w = mask[..., None].to(hidden.device, _f(hidden).dtype)
     return (_f(hidden) * w).sum(1) / w.sum(1).clamp_min(1e-9)

@@ -18,12 +18,12 @@ def naive_effects(model, batch, edits, key: tuple, heads: list[int], z_src: torc
                   query_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Effects of patching ``heads`` of site ``key``, one forward each.
 
-    Args and returns as ``fast.fast_effects``; ``z_base`` [n, pos, head, d_head] is the base
+    Args and returns (float32, on the CPU) as ``fast.fast_effects``; ``z_base`` [n, pos, head, d_head] is the base
     run's z (needed to patch a single position).
     """
     stream, layer = key
     n, t = z_base.shape[:2]
-    qm = torch.ones(n, t, dtype=torch.bool) if query_mask is None else query_mask[:, -t:].bool()
+    qm = torch.ones(n, t, dtype=torch.bool) if query_mask is None else query_mask[:, -t:].bool().cpu()
     out = torch.zeros(len(heads), n, t) if per_position else torch.zeros(len(heads), n)
     for hi, h in enumerate(heads):
         head = Head(stream, layer, h)
@@ -40,4 +40,4 @@ def naive_effects(model, batch, edits, key: tuple, heads: list[int], z_src: torc
 def _one(model, batch, edits, head, value, metric, index, base_metric) -> torch.Tensor:
     with torch.no_grad():
         trace = model.run(batch, edits=[*edits, SetZ(head, value)])
-    return (metric.evaluate(trace.output, index) - base_metric).float()
+    return metric.evaluate(trace.output, index).float().cpu() - base_metric.float().cpu()
