@@ -48,8 +48,8 @@ def calibrate_fn(beta: float = BETA, threshold: float = THRESHOLD, min_queries: 
     """``EditPattern`` function implementing ACT on the sink columns found in the pattern itself."""
     def fn(a: torch.Tensor, offset: int) -> torch.Tensor:
         tq, tk = a.shape[-2:]
-        q = torch.arange(tq)[:, None] + offset
-        seen = (torch.arange(tk)[None, :] <= q) if causal else torch.ones(tq, tk, dtype=torch.bool)
+        q = torch.arange(tq, device=a.device)[:, None] + offset
+        seen = (torch.arange(tk, device=a.device)[None, :] <= q) if causal else torch.ones(tq, tk, dtype=torch.bool, device=a.device)
         count = seen.sum(0).float()                                       # [k]
         alpha = a.sum(-2) / count.clamp_min(1)                            # [b, k]
         sink = (alpha > threshold) & (count >= min_queries)

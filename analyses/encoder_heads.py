@@ -45,14 +45,14 @@ def applies(model) -> str | None:
 
 def head_offsets(pattern: torch.Tensor, n: int, window: int = WINDOW, max_offset: int = MAX_OFFSET) -> dict:
     """Statistics of one clip and layer: ``pattern`` [head, Q, K] (full), ``n`` real frames."""
-    pad = pattern[:, :n, n:].sum(-1).mean(-1) if pattern.shape[-1] > n else torch.zeros(pattern.shape[0])
+    pad = pattern[:, :n, n:].sum(-1).mean(-1) if pattern.shape[-1] > n else torch.zeros(pattern.shape[0], device=pattern.device)
     a = pattern[:, :n, :n].double()
     a = a / a.sum(-1, keepdim=True).clamp_min(1e-30)
-    q = torch.arange(n)[:, None]
-    off = torch.arange(n)[None, :] - q                                  # [Q, K] offset k - q
+    q = torch.arange(n, device=a.device)[:, None]
+    off = torch.arange(n, device=a.device)[None, :] - q                                  # [Q, K] offset k - q
     local = (a * (off.abs() <= window)).sum(-1).mean(-1)
-    prof = torch.zeros(a.shape[0], 2 * max_offset + 1, dtype=a.dtype)
-    cnt = torch.zeros(2 * max_offset + 1, dtype=a.dtype)
+    prof = torch.zeros(a.shape[0], 2 * max_offset + 1, dtype=a.dtype, device=a.device)
+    cnt = torch.zeros(2 * max_offset + 1, dtype=a.dtype, device=a.device)
     inside = off.abs() <= max_offset
     idx = (off + max_offset)[inside]
     prof.index_add_(1, idx, a[:, inside])

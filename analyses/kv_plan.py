@@ -54,8 +54,8 @@ def window_fn(n_sink: int, window: int):
     """``EditPattern`` function keeping sink keys and the recent window, rows renormalised."""
     def fn(pattern: torch.Tensor, offset: int) -> torch.Tensor:
         tq, tk = pattern.shape[-2:]
-        q = torch.arange(tq)[:, None] + offset
-        k = torch.arange(tk)[None, :]
+        q = torch.arange(tq, device=pattern.device)[:, None] + offset
+        k = torch.arange(tk, device=pattern.device)[None, :]
         keep = (k < n_sink) | (q - k < window)
         a = pattern * keep
         return a / a.sum(-1, keepdim=True).clamp_min(1e-30)

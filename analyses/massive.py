@@ -57,7 +57,7 @@ def find_massive(states: dict, query_mask: dict, tokens: list[dict] | None = Non
         for layer, h in enumerate(hs):
             h = h.detach().float()
             for i in range(h.shape[0]):
-                keep = torch.ones(h.shape[1], dtype=torch.bool) if qm is None else qm[i, : h.shape[1]].bool()
+                keep = torch.ones(h.shape[1], dtype=torch.bool, device=h.device) if qm is None else qm[i, : h.shape[1]].bool().to(h.device)
                 pos = torch.nonzero(keep).flatten()
                 x = h[i, pos].abs()                                  # [real pos, d_model]
                 med = x.median().clamp_min(1e-12)
@@ -83,7 +83,7 @@ def _run(ctx: Context) -> Result:
         ks = KEY_STREAM[stream]
         a, _ = alpha(st, trace.query_mask.get(ks))
         a = torch.nan_to_num(a, nan=0.0)
-        mass = torch.zeros(a.shape[:2])
+        mass = torch.zeros(a.shape[:2], device=a.device)
         for i in range(a.shape[0]):
             pos = sorted(set(table[(table["input"] == i) & (table["stream"] == ks)]["position"]))
             if pos:

@@ -95,7 +95,7 @@ def layer_means(model, batch, stream: str, index: int) -> tuple[torch.Tensor, to
     layers = sorted(l for (s, l) in trace.pattern if s == stream)
     first = trace.pattern[(stream, layers[0])]
     qm = one.query_mask.get(stream)
-    keep = torch.ones(first.shape[-1], dtype=torch.bool) if qm is None else qm[0, : first.shape[-1]].bool()
+    keep = torch.ones(first.shape[-1], dtype=torch.bool, device=first.device) if qm is None else qm[0, : first.shape[-1]].bool().to(first.device)
     idx = torch.nonzero(keep).flatten()
     means = torch.stack([trace.pattern[(stream, l)][0].mean(0)[idx][:, idx] for l in layers])
     return means, keep

@@ -49,8 +49,8 @@ def position_scores(pattern: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.
     """(previous-token score, local mass) per head from one input's pattern [head, Q, K], cropped to n."""
     a = pattern[:, :n, :n].double()
     a = a / a.sum(-1, keepdim=True).clamp_min(1e-30)
-    prev = torch.diagonal(a, offset=-1, dim1=-2, dim2=-1).mean(-1) if n > 1 else torch.zeros(a.shape[0])
-    off = (torch.arange(n)[None, :] - torch.arange(n)[:, None]).abs()
+    prev = torch.diagonal(a, offset=-1, dim1=-2, dim2=-1).mean(-1) if n > 1 else torch.zeros(a.shape[0], device=a.device)
+    off = (torch.arange(n, device=a.device)[None, :] - torch.arange(n, device=a.device)[:, None]).abs()
     local = (a * ((off >= 1) & (off <= 2))).sum(-1).mean(-1)
     return prev, local
 

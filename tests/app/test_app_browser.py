@@ -77,6 +77,7 @@ def test_click_a_head_updates_detail_and_url(browser, live_server):
     browser.find_element(By.ID, "shell-nav-2").click()  # "Head detail" keeps the view
     wait(browser, lambda d: "encoder L3 H1" in text_of(d, "#detail-graph"), 20, "detail page")
     assert errors_on_page(browser) == []
+    assert console_errors(browser) == []
     assert _query(browser)["head"] == "1"
     shot(browser, "detail-from-grid-click")
 
@@ -108,7 +109,9 @@ def test_download_head_table_csv(browser, live_server, runs_dir):
 @pytest.mark.parametrize("path", ["/detail?run=badtensors", "/grid?run=../../etc",
                                   "/flow?run=badjson", "/export?run=partial"])
 def test_broken_runs_show_messages_in_the_browser(browser, live_server, path):
+    console_errors(browser)
     open_page(browser, live_server + path)
+    assert console_errors(browser) == []
     msgs = errors_on_page(browser)
     assert msgs and all("Traceback" not in m for m in msgs)
     if "badtensors" in path:
