@@ -17,7 +17,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from workbench.capture import Ablate
+from workbench.capture import Ablate, Z
 
 
 def gate_gradients(model, batch, metric, *, pruned=(), index: torch.Tensor | None = None) -> dict:
@@ -26,33 +26,17 @@ def gate_gradients(model, batch, metric, *, pruned=(), index: torch.Tensor | Non
     ``pruned`` heads are zero-ablated during the pass. ``index`` maps the batch's inputs to
     the metric's (default: 0..n-1).
     """
-    xs: dict = {}
-    hooks = []
-
-    def keep(key):
-        def hook(mod, args):
-            xs[key] = args[0]
-        return hook
-
-    try:
-        for key, o in model._o_proj.items():
-            hooks.append(o.register_forward_pre_hook(keep(key)))
-        edits = [Ablate(tuple(pruned), "zero")] if pruned else []
-        trace = model.run(batch, edits=edits, grad=True)
-    finally:
-        for h in hooks:
-            h.remove()
+    edits = [Ablate(tuple(pruned), "zero")] if pruned else []
+    trace = model.run(batch, capture=[Z(None, grad=True)], edits=edits, grad=True)
     index = torch.arange(len(batch)) if index is None else index
     m = metric.evaluate(trace.output, index).float()
-    keys = sorted(xs)
-    grads = torch.autograd.grad(m.sum(), [xs[k] for k in keys], allow_unused=True)
+    keys = sorted(trace.z)
+    grads = torch.autograd.grad(m.sum(), [trace.z[k] for k in keys], allow_unused=True)
     out = {}
     for k, g in zip(keys, grads):
-        site = model.site(*k)
-        x = xs[k].detach()
-        shape = (*x.shape[:2], site.n_heads, site.d_head)
-        g = torch.zeros_like(x) if g is None else g
-        out[k] = (x.reshape(shape) * g.reshape(shape)).sum((1, 3)).float()      # [input, head]
+        z = trace.z[k].detach()                                             # [input, pos, head, d_head]
+        g = torch.zeros_like(z) if g is None else g
+        out[k] = (z * g).sum((1, 3)).float()                                # [input, head]
     return {"gate_grad": out, "metric": m.detach()}
 
 

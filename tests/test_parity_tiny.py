@@ -45,7 +45,7 @@ def test_patterns_equal_hf_eager(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tracing_leaves_outputs_unchanged(family):
-    plain = tiny_hf(family)                     # HF SDPA, never wrapped
+    plain = tiny_hf(family)                     # HF's default (SDPA; Gemma 2: eager), never wrapped
     model = wb.wrap(tiny_hf(family))
     inputs = tiny_inputs(family, plain)
     with torch.no_grad():
@@ -61,7 +61,7 @@ def test_z_is_what_the_output_projection_receives(family):
     inputs = tiny_inputs(family, model.hf)
     seen = {}
     handles = [o.register_forward_pre_hook(lambda mod, args, k=k: seen.__setitem__(k, args[0].detach()))
-               for k, o in model._o_proj.items()]
+               for k, o in ((s.key, model.out_proj(*s.key)) for s in model.sites)]
     try:
         trace = model.run(Batch(inputs), capture=[wb.Z()])
     finally:
@@ -123,7 +123,7 @@ def test_ablating_one_head_acts_only_through_that_head(family):
     site = model.sites[-1] if family != "whisper" else model.site("decoder", 1)
     head = wb.Head(site.stream, site.layer, 1)
     attn_out = {}
-    o_proj = model._o_proj[site.key]
+    o_proj = model.out_proj(*site.key)
     hook = o_proj.register_forward_hook(lambda m, a, o: attn_out.__setitem__(len(attn_out), o.detach()))
     try:
         clean = model.run(batch, capture=[wb.Z(), wb.Pattern()])
@@ -163,7 +163,7 @@ def test_uniform_ablation_equals_mean_of_visible_values():
     ids = torch.randint(0, 97, (1, 6))
     head = wb.Head("self", 0, 0)
     v_seen = {}
-    attn = model._attn_modules[model.site("self", 0)]
+    attn = model.attention_module("self", 0)
     hook = attn.c_attn.register_forward_hook(lambda m, a, o: v_seen.__setitem__("qkv", o.detach()))
     try:
         tr = model.run(Batch({"input_ids": ids}), capture=[wb.Z()], edits=[wb.Ablate(head, kind="uniform")])
@@ -177,7 +177,7 @@ def test_uniform_ablation_equals_mean_of_visible_values():
 def test_every_requested_site_must_fire():
     model = wb.wrap(tiny_hf("llama"))
     batch = Batch(tiny_inputs("llama", model.hf))
-    attn = model._attn_modules[model.site("self", 1)]
+    attn = model.attention_module("self", 1)
     original = attn.forward
     attn.forward = lambda hidden_states, *a, **k: (torch.zeros_like(hidden_states), None)
     try:

@@ -1,26 +1,61 @@
-"""Tiny randomly initialised HF models, one per supported family, built from a config."""
+"""Tiny randomly initialised HF models, one per supported family, built from a config.
+
+2 layers, d_model 32, 4 query heads (2 KV heads where the family has GQA), vocab 97.
+Sliding-window families get a window of 4 (inputs are 11 tokens long) on one layer and
+full attention on the other; Gemma 2 also soft-caps attention and final logits.
+"""
 from __future__ import annotations
 
 import torch
 import transformers as tf
 
-FAMILIES = ("gpt2", "llama", "bert", "whisper", "wav2vec2", "hubert")
+TEXT_CAUSAL = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "gemma2", "gemma3", "phi3", "olmo2")
+TEXT = TEXT_CAUSAL + ("bert", "roberta")
+FAMILIES = TEXT + ("whisper", "wav2vec2", "hubert")
+
+_DEC = dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32, intermediate_size=64,
+            vocab_size=97, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+_ENC = dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=32, intermediate_size=64, vocab_size=97,
+            max_position_embeddings=64)
+
+# family -> (config class, model class, config kwargs)
+_CAUSAL = {
+    "llama": (tf.LlamaConfig, tf.LlamaForCausalLM, {}),
+    "mistral": (tf.MistralConfig, tf.MistralForCausalLM, {"sliding_window": 4}),
+    "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM,
+              {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
+    "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM, {"head_dim": 8}),
+    "gpt_neox": (tf.GPTNeoXConfig, tf.GPTNeoXForCausalLM, {"num_key_value_heads": None, "rotary_pct": 0.5}),
+    "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM,
+               {"head_dim": 8, "sliding_window": 4, "attn_logit_softcapping": 2.0, "final_logit_softcapping": 3.0,
+                "query_pre_attn_scalar": 16}),
+    "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM,
+               {"head_dim": 8, "sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"]}),
+    "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM, {}),
+    "olmo2": (tf.Olmo2Config, tf.Olmo2ForCausalLM, {}),
+}
 
 
-def tiny_hf(family: str, attn: str = "sdpa", seed: int = 0):
-    """A tiny random HF model of ``family`` in eval mode, float32."""
+def reference_attn(family: str) -> str:
+    """The attention implementation HF uses for the family by default: SDPA, or eager where
+    the family does not support SDPA (Gemma 2: soft-capping)."""
+    return "eager" if family == "gemma2" else "sdpa"
+
+
+def tiny_hf(family: str, attn: str | None = None, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A tiny random HF model of ``family`` in eval mode (``attn`` default: ``reference_attn``)."""
     torch.manual_seed(seed)
-    if family == "gpt2":
-        cfg = tf.GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=97, n_positions=64)
+    if family in _CAUSAL:
+        cfg_cls, cls, kw = _CAUSAL[family]
+        cfg = cfg_cls(**{k: v for k, v in {**_DEC, **kw}.items() if v is not None})
+        m = cls(cfg)
+    elif family == "gpt2":
+        cfg = tf.GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=97, n_positions=64, bos_token_id=1,
+                            eos_token_id=2)
         m = tf.GPT2LMHeadModel(cfg)
-    elif family == "llama":
-        cfg = tf.LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
-                             intermediate_size=64, vocab_size=97, max_position_embeddings=64)
-        m = tf.LlamaForCausalLM(cfg)
-    elif family == "bert":
-        cfg = tf.BertConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=32, intermediate_size=64,
-                            vocab_size=97, max_position_embeddings=64)
-        m = tf.BertModel(cfg)
+    elif family in ("bert", "roberta"):
+        cfg_cls, cls = (tf.BertConfig, tf.BertModel) if family == "bert" else (tf.RobertaConfig, tf.RobertaModel)
+        m = cls(cfg_cls(**_ENC, **({"pad_token_id": 0} if family == "roberta" else {})))
     elif family == "whisper":
         cfg = tf.WhisperConfig(vocab_size=120, num_mel_bins=8, encoder_layers=2, decoder_layers=2,
                                encoder_attention_heads=4, decoder_attention_heads=4, d_model=32,
@@ -36,23 +71,24 @@ def tiny_hf(family: str, attn: str = "sdpa", seed: int = 0):
         m = cls(cls_cfg(**kw))
     else:
         raise ValueError(family)
-    m.set_attn_implementation(attn)
-    return m.eval()
+    m.set_attn_implementation(attn or reference_attn(family))
+    return m.to(dtype).eval()
 
 
 def tiny_inputs(family: str, hf, seed: int = 1) -> dict:
     """Model kwargs: padded where the family takes a mask."""
     g = torch.Generator().manual_seed(seed)
-    if family in ("gpt2", "llama", "bert"):
-        ids = torch.randint(1, hf.config.vocab_size, (2, 11), generator=g)
+    if family in TEXT:
+        ids = torch.randint(3, hf.config.vocab_size, (2, 11), generator=g)
         mask = torch.ones_like(ids)
         mask[1, 7:] = 0
         return {"input_ids": ids, "attention_mask": mask}
+    dtype = next(hf.parameters()).dtype
     if family == "whisper":
         feats = torch.randn(2, hf.config.num_mel_bins, 2 * hf.config.max_source_positions, generator=g)
         dec = torch.randint(0, 99, (2, 7), generator=g)
-        return {"input_features": feats, "decoder_input_ids": dec}
-    return {"input_values": torch.randn(2, 1600, generator=g)}
+        return {"input_features": feats.to(dtype), "decoder_input_ids": dec}
+    return {"input_values": torch.randn(2, 1600, generator=g).to(dtype)}
 
 
 def tiny_batch(family: str, hf, seed: int = 1):

@@ -1,23 +1,35 @@
 """The one capture point: an attention function registered with transformers.
 
-Every supported family (Llama-like, GPT-2, BERT, Whisper, wav2vec2, HuBERT) calls its
-attention through ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]`` with
-``(module, query, key, value, attention_mask, scaling=..., dropout=..., **kw)``, rotary
-already applied and KV heads not yet repeated. We register ``"workbench"`` there, with
-transformers' SDPA mask builder as its mask function. The output is always computed by
-transformers' own SDPA path, so tracing leaves logits bit-for-bit as the SDPA model
-gives them; when a site is being traced we *additionally* recompute the probabilities
-the eager path would give (scores in the query dtype, softmax in float32) to capture
+Every supported family calls its attention through
+``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]`` with ``(module, query, key, value,
+attention_mask, scaling=..., dropout=..., **kw)``, rotary already applied and KV heads not
+yet repeated. We register ``"workbench"`` there, with transformers' SDPA mask builder as its
+mask function. The output is computed by transformers' own SDPA path, so tracing leaves
+logits bit-for-bit as the SDPA model gives them; where SDPA cannot honour a keyword
+(``softcap``: Gemma 2; ``s_aux`` sink logits) the output is the family's own HF
+``eager_attention_forward`` (Gemma 2 ships without SDPA support for this reason). When a
+site is being traced we *additionally* recompute the probabilities as HF's eager path
+computes them for that dtype (scores in the query dtype; softmax in float32 for the
+families whose eager function upcasts, Llama-style, and in the query dtype for those that
+do not, GPT-2, BERT, Whisper, wav2vec2, HuBERT: ``Family.eager_softmax_fp32``), to capture
 patterns or reduce them to per-head statistics, and apply interventions to the per-head
 output ``z`` ([batch, query_pos, head, d_head]) before it reaches the output projection.
 
+Every keyword the function receives is either honoured in the recomputed probabilities
+(``scaling``, ``is_causal``, ``softcap``, ``sliding_window``, ``s_aux``), refused when it
+would make them differ from what the model computes (``dropout`` > 0 while traced: a model
+in training mode), known not to change them (``INERT``: rotary positions already applied,
+cache flags), or raises ``UnsupportedAttentionError`` naming it: never silently ignored.
+
 The active trace is held in a ``ContextVar`` set only inside ``Model.run``: outside a run
-the function is a plain pass-through to SDPA.
+the function is a plain pass-through to SDPA (or eager, see above).
 """
 from __future__ import annotations
 
 import contextvars
 import math
+import sys
+from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface
@@ -32,6 +44,56 @@ IMPL = "workbench"
 # T = 4096 (cache-sized blocks are faster), with less peak memory; 1 MiB was slower.
 STATS_BLOCK_BYTES = 4 << 20
 ACTIVE: contextvars.ContextVar = contextvars.ContextVar("workbench_active_trace", default=None)
+# keywords that do not change the attention probabilities: positions are already applied to
+# query/key (rotary), the rest are flags for what the model returns or caches
+INERT = frozenset({"position_ids", "cache_position", "use_cache", "output_attentions", "output_hidden_states",
+                   "output_router_logits", "return_dict", "num_items_in_batch", "encoder_hidden_states",
+                   "layer_idx"})
+# keywords SDPA cannot honour: the output then comes from the family's HF eager function
+EAGER_ONLY = ("softcap", "s_aux")
+
+
+class UnsupportedAttentionError(ValueError):
+    """The model passed its attention function a keyword the workbench does not understand."""
+
+
+@dataclass(frozen=True)
+class AttnCall:
+    """What one call of the attention function asked for, as the probabilities need it.
+
+    ``scaling``: the factor on q.k (1/sqrt(d_head) when the model passed None);
+    ``softcap``: scores := softcap * tanh(scores / softcap) before the mask (Gemma 2);
+    ``sliding_window``: key j is visible from query i only if i - j < sliding_window
+    (transformers' ``sliding_window_overlay``); ``sinks``: [head] logits of a virtual key
+    that takes probability mass and is dropped (``s_aux``); ``softmax_fp32``: HF eager's
+    softmax dtype for the family (see module docstring).
+    """
+
+    scaling: float
+    is_causal: bool | None = None
+    softcap: float | None = None
+    sliding_window: int | None = None
+    sinks: torch.Tensor | None = None
+    softmax_fp32: bool = True
+
+
+def read_call(module, query, scaling, dropout, kwargs: dict, softmax_fp32: bool = True, traced: bool = False) -> AttnCall:
+    """Validate the keywords of one attention call. Raises UnsupportedAttentionError naming
+    an unknown keyword; ValueError when a traced call has dropout > 0."""
+    for name, val in kwargs.items():
+        if name in INERT or name in ("is_causal", "softcap", "sliding_window", "s_aux"):
+            continue
+        if name in ("position_bias", "cache", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",
+                    "seq_idx") and val is None:
+            continue
+        raise UnsupportedAttentionError(
+            f"{type(module).__name__} passed keyword {name!r} to the attention function; the workbench does not "
+            "know how it changes the attention probabilities, so it refuses rather than ignore it")
+    if traced and dropout:
+        raise ValueError(f"{type(module).__name__} applies attention dropout p={dropout} (the model is in training "
+                         "mode): call model.hf.eval() before tracing")
+    return AttnCall(1.0 / math.sqrt(query.shape[-1]) if scaling is None else float(scaling), kwargs.get("is_causal"),
+                    kwargs.get("softcap"), kwargs.get("sliding_window"), kwargs.get("s_aux"), softmax_fp32)
 
 
 def attention_probs(
@@ -39,11 +101,11 @@ def attention_probs(
     query: torch.Tensor,
     key: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    scaling: float | None,
-    is_causal: bool | None,
+    call: AttnCall,
     rows: slice | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager attention probabilities and the allowed-key mask.
+    """Eager attention probabilities and the allowed-key mask, as HF's eager path computes
+    them (module docstring), honouring every field of ``call``.
 
     Args:
         query: [batch, head, query_pos, d_head].
@@ -54,7 +116,8 @@ def attention_probs(
             the causal offset of the rows is kept.
 
     Returns:
-        pattern: float32 [batch, head, rows, key_pos]; rows with no allowed key are 0.
+        pattern: float32 [batch, head, rows, key_pos]; rows with no allowed key are 0;
+            with sinks, a row sums to 1 minus the sink's share.
         allowed: bool [batch, 1|head, rows|1, key_pos].
     """
     tq_all, tk = query.shape[2], key.shape[2]
@@ -66,32 +129,43 @@ def attention_probs(
             attention_mask = attention_mask[..., rows, :]
     b, h, tq, d = query.shape
     key = repeat_kv(key, h)
-    if scaling is None:
-        scaling = 1.0 / math.sqrt(d)
+    qi = torch.arange(start, start + tq, device=query.device)[:, None] + (tk - tq_all)   # query i's key index
+    kj = torch.arange(tk, device=query.device)[None, :]
     if attention_mask is None:
-        causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-        if causal and tq_all > 1:
-            qi = torch.arange(start, start + tq, device=query.device)[:, None] + (tk - tq_all)
-            allowed = (torch.arange(tk, device=query.device)[None, :] <= qi)[None, None]
-        else:
-            allowed = None
+        causal = getattr(module, "is_causal", True) if call.is_causal is None else call.is_causal
+        allowed = (kj <= qi)[None, None] if causal and tq_all > 1 else None
     elif attention_mask.dtype == torch.bool:
         allowed = attention_mask[..., :tk]
     else:
         m = attention_mask[..., :tk].float()
         allowed = m > torch.finfo(m.dtype).min / 2
-    # one pass for scale + mask: baddbmm(bias, q, k^T) with bias 0 / -inf (plus any finite
-    # additive mask values), in the query dtype as eager attention does; softmax in float32
+    if call.sliding_window is not None and tk > call.sliding_window:
+        window = (qi - kj < call.sliding_window)[None, None]
+        allowed = window if allowed is None else allowed & window
+    additive = attention_mask is not None and attention_mask.dtype != torch.bool
+    # scale (+ mask in the same pass: baddbmm(bias, q, k^T) with bias 0 / -inf plus any
+    # finite additive mask values) in the query dtype as eager attention does
     bias = torch.zeros((), dtype=query.dtype, device=query.device)
-    if allowed is not None:
+    if allowed is not None and call.softcap is None:
         bias = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill_(~allowed, float("-inf"))
-        if attention_mask is not None and attention_mask.dtype != torch.bool:
+        if additive:
             bias = bias + torch.where(allowed, attention_mask[..., :tk].to(query.dtype), 0)
     scores = torch.baddbmm(
         bias.expand(b, h, tq, tk).reshape(b * h, tq, tk), query.reshape(b * h, tq, d),
-        key.reshape(b * h, tk, d).transpose(1, 2), alpha=scaling,
+        key.reshape(b * h, tk, d).transpose(1, 2), alpha=call.scaling,
     ).view(b, h, tq, tk)
-    pattern = torch.softmax(scores.float(), dim=-1)
+    if call.softcap is not None:                       # Gemma 2: cap the scores, then mask
+        scores = torch.tanh(scores / call.softcap) * call.softcap
+        if additive:
+            scores = scores + torch.where(allowed, attention_mask[..., :tk].to(query.dtype), 0)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+    if call.sinks is not None:                         # a virtual key per head, dropped after the softmax
+        sink = call.sinks.to(scores.dtype).reshape(1, h, 1, 1).expand(b, h, tq, 1)
+        scores = torch.cat([scores, sink], dim=-1)
+    pattern = torch.softmax(scores.float() if call.softmax_fp32 else scores, dim=-1).float()
+    if call.sinks is not None:
+        pattern = pattern[..., :-1]
     if allowed is None:
         allowed = torch.ones(1, 1, tq, tk, dtype=torch.bool, device=query.device)
     elif not bool(allowed.any(-1).all()):
@@ -117,14 +191,32 @@ def stats_blocks(query: torch.Tensor, key_len: int) -> list[slice]:
 
 def workbench_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention function registered as ``"workbench"``; see the module docstring."""
-    kwargs.pop("output_attentions", None)
-    out, _ = sdpa_attention_forward(
-        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-    )
     trace = ACTIVE.get()
+    fp32 = trace.model.family.eager_softmax_fp32 if trace is not None else True
+    call = read_call(module, query, scaling, dropout, kwargs, fp32, traced=trace is not None)
+    passed = {k: v for k, v in kwargs.items() if k != "output_attentions"}
+    if any(kwargs.get(k) is not None for k in EAGER_ONLY):
+        mask = attention_mask
+        if mask is not None and mask.dtype == torch.bool:          # eager adds its mask: 0 / dtype min
+            mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill_(
+                ~mask, torch.finfo(query.dtype).min)
+        out, _ = _hf_eager(module)(module, query, key, value, mask, dropout=dropout, scaling=scaling, **passed)
+    else:
+        passed.pop("sliding_window", None)          # in the mask already; SDPA takes no such keyword
+        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                        **passed)
     if trace is None:
         return out, None
-    return trace.on_attention(module, query, key, value, attention_mask, scaling, kwargs.get("is_causal"), out), None
+    return trace.on_attention(module, query, key, value, attention_mask, call, out), None
+
+
+def _hf_eager(module):
+    """The HF ``eager_attention_forward`` of the module's own modeling file."""
+    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if fn is None:
+        raise UnsupportedAttentionError(f"{type(module).__name__} needs eager attention (softcap or sink logits) but "
+                                        "its modeling module has no eager_attention_forward")
+    return fn
 
 
 def register() -> None:

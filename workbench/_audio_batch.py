@@ -93,7 +93,7 @@ def _speech_encoder(model, waves, paths) -> Batch:
         fe = Wav2Vec2FeatureExtractor()
     enc = fe(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True, return_attention_mask=True)
     lengths = torch.tensor([w.size for w in waves])
-    frames = model.hf._get_feat_extract_output_lengths(lengths).long()
+    frames = model.audio_frames(lengths).long()
     n = int(frames.max())
     qmask = torch.arange(n)[None, :] < frames[:, None]
     inputs = {"input_values": enc.input_values.to(model.dtype)}

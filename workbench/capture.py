@@ -67,9 +67,15 @@ class Pattern:
 
 @dataclass(frozen=True)
 class Z:
-    """Capture per-head outputs z [batch, query_pos, head, d_head] (model dtype)."""
+    """Capture per-head outputs z [batch, query_pos, head, d_head] (model dtype).
+
+    ``grad=True`` keeps z in the autograd graph (the very tensor the output projection
+    reads, after any edits), so ``torch.autograd.grad(metric, trace.z[key])`` gives dM/dz;
+    it needs ``Model.run(..., grad=True)`` (ValueError otherwise). Default: detached.
+    """
 
     sites: Any = None
+    grad: bool = False
 
 
 @dataclass(frozen=True)

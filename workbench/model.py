@@ -12,7 +12,7 @@ import torch
 
 from . import _attention, _device
 from ._types import Head, Site
-from .adapters import Family, family_for, find_sites, w_o
+from .adapters import Family, LayerStack, family_for, final_softcap, resolve, w_o, w_qkv
 from .batch import Batch, pad_ids
 from .capture import Ablate, Z
 from .trace import Trace, Tracer
@@ -37,10 +37,11 @@ class Model:
                  meta: dict | None = None):
         self.hf = hf.eval()
         self.family: Family = family_for(hf.config.model_type)
-        found = find_sites(hf, self.family)
-        self.sites: list[Site] = list(found)
-        self._attn_modules = {s: m for s, (m, _) in found.items()}
-        self._o_proj = {s.key: o for s, (_, o) in found.items()}
+        self._parts = resolve(hf, self.family)
+        self.sites: list[Site] = list(self._parts.sites)
+        # transition aliases for code not yet on the public accessors (attention_module, out_proj)
+        self._attn_modules = {s: self._parts.attn[s.key] for s in self.sites}
+        self._o_proj = dict(self._parts.o_proj)
         self._by_key = {s.key: s for s in self.sites}
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
@@ -99,10 +100,106 @@ class Model:
     def heads(self, stream: str | None = None) -> list[Head]:
         return [h for s in self.sites if stream in (None, s.stream) for h in s.heads()]
 
+    # -- components (declared per family in adapters.FAMILIES) -------------------------
+    # Public accessors for everything the tools touch; nothing outside ``adapters`` reads
+    # private attributes of the HF model. Weights are the live parameters (views: do not
+    # edit in place).
+    def attention_module(self, stream: str, layer: int) -> torch.nn.Module:
+        """The HF attention module of a site (the module the registered attention receives)."""
+        return self._parts.attn[self.site(stream, layer).key]
+
+    def out_proj(self, stream: str, layer: int) -> torch.nn.Module:
+        """The output projection of a site: its input is concat_h z_h [batch, pos, head * d_head]."""
+        return self._parts.o_proj[self.site(stream, layer).key]
+
+    @property
+    def stacks(self) -> list[LayerStack]:
+        """Layer stacks in forward order (Whisper: encoder, decoder), each with its HF layer
+        modules, the streams whose sites live in them and the norm after its last layer."""
+        return list(self._parts.stacks)
+
+    def stack_of(self, stream: str, layer: int) -> tuple[LayerStack, int]:
+        """(stack, layer index in it) of the layer module that holds a site."""
+        i, j = self._parts.where[self.site(stream, layer).key]
+        return self._parts.stacks[i], j
+
+    @property
+    def final_norm(self) -> torch.nn.Module | None:
+        """The norm applied to the residual stream before the unembedding (the last stack's;
+        None where the model has none, e.g. BERT)."""
+        return self._parts.stacks[-1].final_norm
+
+    @property
+    def unembed(self) -> torch.nn.Module | None:
+        """The unembedding (LM head; Whisper ``proj_out``), None for encoders without one."""
+        return self.hf.get_output_embeddings()
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        """Unembedding matrix [d_model, vocab]: logits = final_norm(resid) @ W_U (+ soft-cap).
+        Raises ValueError for a model without an unembedding."""
+        if self.unembed is None:
+            raise ValueError(f"{self.name} has no unembedding (no LM head)")
+        return self.unembed.weight.T
+
+    def logits_from_resid(self, resid: torch.Tensor, stack: LayerStack | None = None) -> torch.Tensor:
+        """Logits [..., vocab] from the residual stream [..., d_model] after the last layer of
+        ``stack`` (default the last stack): final norm, unembedding, final logit soft-cap
+        (Gemma). Equals the model's logits for the last layer's output."""
+        stack = stack or self._parts.stacks[-1]
+        h = resid if stack.final_norm is None else stack.final_norm(resid)
+        if self.unembed is None:
+            raise ValueError(f"{self.name} has no unembedding (no LM head)")
+        logits = self.unembed(h)
+        cap = final_softcap(self.hf, self.family)
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
     def W_O(self, stream: str, layer: int) -> torch.Tensor:
         """Output weights per head, [head, d_head, d_model]: head_out_h = z_h @ W_O[h]."""
+        return w_o(self.out_proj(stream, layer), self.site(stream, layer))
+
+    def b_O(self, stream: str, layer: int) -> torch.Tensor | None:
+        """Output projection bias [d_model] (added once per site, not per head) or None."""
+        return getattr(self.out_proj(stream, layer), "bias", None)
+
+    def W_Q(self, stream: str, layer: int) -> torch.Tensor:
+        """Query weights per head [head, d_model, d_head]: q_h = x @ W_Q[h] + b_Q[h] is the
+        query the attention function receives (scores = q.k * ``AttnCall.scaling``), before
+        rotary embeddings and q/k norms (Qwen3, OLMo 2, Gemma 3 normalise q and k); Whisper's
+        pre-scaling of q by d_head^-0.5 is included."""
+        return self._qkv(stream, layer, "q")[0]
+
+    def W_K(self, stream: str, layer: int) -> torch.Tensor:
+        """Key weights per KV head [kv_head, d_model, d_head] (query head h reads KV head
+        h // (n_heads / n_kv_heads)); see ``W_Q``."""
+        return self._qkv(stream, layer, "k")[0]
+
+    def W_V(self, stream: str, layer: int) -> torch.Tensor:
+        """Value weights per KV head [kv_head, d_model, d_head]; see ``W_K``."""
+        return self._qkv(stream, layer, "v")[0]
+
+    def b_Q(self, stream: str, layer: int) -> torch.Tensor | None:
+        """Query bias [head, d_head] or None."""
+        return self._qkv(stream, layer, "q")[1]
+
+    def b_K(self, stream: str, layer: int) -> torch.Tensor | None:
+        """Key bias [kv_head, d_head] or None."""
+        return self._qkv(stream, layer, "k")[1]
+
+    def b_V(self, stream: str, layer: int) -> torch.Tensor | None:
+        """Value bias [kv_head, d_head] or None."""
+        return self._qkv(stream, layer, "v")[1]
+
+    def _qkv(self, stream: str, layer: int, which: str):
         site = self.site(stream, layer)
-        return w_o(self._o_proj[site.key], site)
+        return w_qkv(self._parts.attn[site.key], self.family, site, which)
+
+    def audio_frames(self, n_samples: torch.Tensor) -> torch.Tensor:
+        """wav2vec2 / HuBERT: encoder frames of waveforms of ``n_samples`` samples (long [batch])."""
+        if self.family.frames is None:
+            raise ValueError(f"{self.name} is not a speech encoder")
+        return self.family.frames(self.hf, n_samples)
+    # -- end of components ----------------------------------------------------------------
 
     # -- inputs ----------------------------------------------------------------------
     def prepare(self, texts: Sequence[str] | None = None, *, token_ids: Sequence[Sequence[int]] | None = None,

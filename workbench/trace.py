@@ -53,9 +53,10 @@ class Tracer:
     def __init__(self, model, capture, edits, query_mask: dict[str, torch.Tensor]):
         self.model = model
         self.home = model.device             # captures are returned here (sites of a dispatched model differ)
-        self.site_of = {id(mod): site for site, mod in model._attn_modules.items()}
+        self.site_of = {id(model.attention_module(*s.key)): s for s in model.sites}
         self.want_pattern: set = set()
         self.want_z: set = set()
+        self.z_grad: set = set()           # Z(grad=True): z kept in the autograd graph
         self.want_stats: set = set()
         for spec in capture:
             keys = {s.key for s in select_sites(spec.sites, model.sites)}
@@ -63,6 +64,8 @@ class Tracer:
                 self.want_pattern |= keys
             elif isinstance(spec, Z):
                 self.want_z |= keys
+                if spec.grad:
+                    self.z_grad |= keys
             elif isinstance(spec, Stats):
                 self.want_stats |= keys
             else:
@@ -94,7 +97,8 @@ class Tracer:
         if not 0 <= head.head < site.n_heads:
             raise ValueError(f"{head.name}: site {site.name} has heads 0..{site.n_heads - 1}")
 
-    def on_attention(self, module, query, key, value, mask, scaling, is_causal, out):
+    def on_attention(self, module, query, key, value, mask, call, out):
+        """One attention call of a site (``call``: ``_attention.AttnCall``); returns the (edited) z."""
         site: Site | None = self.site_of.get(id(module))
         if site is None or site.key not in self.requested:
             return out
@@ -105,11 +109,11 @@ class Tracer:
             for _, e in self.edits.get(k, [])
         )
         if need_probs and k not in self.want_pattern and k not in self.edits:
-            self._blocked_stats(site, module, query, key, mask, scaling, is_causal)
+            self._blocked_stats(site, module, query, key, mask, call)
         elif need_probs:
             from ._attention import attention_probs
 
-            pattern, allowed = attention_probs(module, query, key, mask, scaling, is_causal)
+            pattern, allowed = attention_probs(module, query, key, mask, call)
             if k in self.want_pattern:
                 self.pattern[k] = _append(self.pattern.get(k), pattern.to(self.home), dim=2)
             if k in self.want_stats:
@@ -119,10 +123,12 @@ class Tracer:
             out = self._edit(site, out, value, allowed if need_probs else None, query.shape[2],
                              pattern if need_probs else None, key.shape[2] - query.shape[2])
         if k in self.want_z:
-            self.z[k] = _append(self.z.get(k), out.detach().to(self.home), dim=1)
+            if k in self.z_grad and not torch.is_grad_enabled():
+                raise ValueError("Z(grad=True) keeps z in the autograd graph: run the model with grad=True")
+            self.z[k] = _append(self.z.get(k), out if k in self.z_grad else out.detach().to(self.home), dim=1)
         return out
 
-    def _blocked_stats(self, site: Site, module, query, key, mask, scaling, is_causal) -> None:
+    def _blocked_stats(self, site: Site, module, query, key, mask, call) -> None:
         """Statistics only: probabilities and their reduction one block of query rows at a
         time (``_attention.stats_blocks``), merged as a KV-cached loop's steps are."""
         from ._attention import attention_probs, repeat_kv, stats_blocks
@@ -132,7 +138,7 @@ class Tracer:
         qm = None if qm is None else qm[:, -tq:]
         key = repeat_kv(key, query.shape[1])            # once per site, not once per block
         for rows in stats_blocks(query, key.shape[2]):
-            pattern, allowed = attention_probs(module, query, key, mask, scaling, is_causal, rows=rows)
+            pattern, allowed = attention_probs(module, query, key, mask, call, rows=rows)
             part = reduce_pattern(pattern, allowed, None if qm is None else qm[:, rows])
             self.stats[site.key] = _merge_stats(self.stats.get(site.key), _stats_to(part, self.home))
 

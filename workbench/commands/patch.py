@@ -37,14 +37,15 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..cli import UserError
     from ..patching import METHODS, patch
+    from ..circuits.direct_patch import dla_patch      # --method dla: direct-path effects, one pass
     from ..patching.engine import _ALIASES
     from ..patching.units import InProcessExecutor
     from ..runs import RunExistsError, save_run
 
     methods = [_ALIASES.get(m.strip(), m.strip()) for m in args.method.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in (*METHODS, "dla")]
     if not methods or bad:
-        raise UserError(f"unknown method(s) {bad or args.method!r}; use exact, naive, atp, atp-star")
+        raise UserError(f"unknown method(s) {bad or args.method!r}; use exact, naive, atp, atp-star, dla")
     out = Path(args.out)
     if out.exists() and not args.force:
         raise RunExistsError(f"output folder {out} already exists; pass --force to replace it")
@@ -59,7 +60,8 @@ def run(args) -> int:
             print(f"{m}: {task.name} on {model.name}, {len(task)} pairs, {args.ablation} {args.direction}",
                   file=sys.stderr)
         try:
-            res = patch(model, task.clean, task.metric, corrupt=task.corrupt, method=m, ablation=args.ablation,
+            run_one = dla_patch if m == "dla" else patch
+            res = run_one(model, task.clean, task.metric, corrupt=task.corrupt, method=m, ablation=args.ablation,
                         direction=args.direction, per_position=args.per_position, shard_size=args.shard_size,
                         update=args.update, executor=InProcessExecutor(progress(args.quiet)), store=str(units))
         except ValueError as exc:

@@ -23,17 +23,14 @@ How it stays exact without re-implementing a model:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from ..adapters import LayerStack
 from ..batch import Batch
 from ..capture import Z
 from .metrics import gather_positions
-
-_CACHE_FAMILIES = ("llama-like", "gpt2")   # causal decoder-only: suffix replay with a KV-cache prefix
-
 
 @dataclass
 class Stack:
@@ -41,52 +38,25 @@ class Stack:
 
     name: str                       # module path of the ModuleList, e.g. "model.layers"
     layers: list                    # layer modules, index = layer number
-    kind: str                       # "causal" | "encoder" | "whisper-encoder" | "whisper-decoder"
-    tail_modules: dict = field(default_factory=dict)
+    kind: str                       # "causal" | "encoder" | "seq2seq-encoder" (feeds a decoder) | "seq2seq-decoder"
+    spec: LayerStack                # the model's stack: its final norm
 
 
 def _stacks(model) -> tuple[dict[str, Stack], dict[tuple, tuple[str, int]]]:
-    """Map each site to (stack name, layer index) and build the stacks."""
-    hf = model.hf
-    modules = dict(hf.named_modules())
-    names = {id(m): n for n, m in modules.items()}
+    """The model's layer stacks (``Model.stacks``) by name, and each site's (stack name, layer index)."""
     stacks: dict[str, Stack] = {}
-    where: dict[tuple, tuple[str, int]] = {}
-    for site, mod in model._attn_modules.items():
-        parts = names[id(mod)].split(".")
-        for i in range(len(parts) - 1, 0, -1):
-            parent = ".".join(parts[:i])
-            if parts[i].isdigit() and isinstance(modules.get(parent), nn.ModuleList):
-                where[site.key] = (parent, int(parts[i]))
-                if parent not in stacks:
-                    stacks[parent] = _make_stack(model, parent, modules)
-                break
+    every = model.stacks
+    for i, ls in enumerate(every):
+        if model.kind == "speech-seq2seq":
+            kind = "seq2seq-decoder" if i == len(every) - 1 else "seq2seq-encoder"
         else:
-            raise RuntimeError(f"cannot find the layer module of site {site.name} ({names[id(mod)]})")
+            kind = "causal" if model.kind == "causal" else "encoder"
+        stacks[ls.name] = Stack(ls.name, ls.layers, kind, ls)
+    where = {}
+    for site in model.sites:
+        ls, j = model.stack_of(*site.key)
+        where[site.key] = (ls.name, j)
     return stacks, where
-
-
-def _make_stack(model, name: str, modules: dict) -> Stack:
-    hf = model.hf
-    layers = list(modules[name])
-    owner = modules[name.rsplit(".", 1)[0]] if "." in name else hf
-    fam = model.family.name
-    if model.kind == "causal":
-        norm = getattr(owner, "norm", None) or getattr(owner, "ln_f", None)
-        if norm is None:
-            raise RuntimeError(f"{fam}: no final norm found beside {name}")
-        return Stack(name, layers, "causal", {"norm": norm, "head": hf.get_output_embeddings()})
-    if fam == "whisper":
-        if ".encoder." in f".{name}.":
-            return Stack(name, layers, "whisper-encoder", {"norm": owner.layer_norm, "decoder": hf.get_decoder(),
-                                                          "head": hf.get_output_embeddings()})
-        return Stack(name, layers, "whisper-decoder", {"norm": owner.layer_norm, "head": hf.get_output_embeddings()})
-    if fam in ("wav2vec2", "hubert"):
-        if getattr(hf.config, "add_adapter", False):
-            raise ValueError(f"{fam} models with an adapter are not supported by the fast path; use method='naive'")
-        norm = owner.layer_norm if type(owner).__name__.endswith("StableLayerNorm") else None
-        return Stack(name, layers, "encoder", {"norm": norm})
-    return Stack(name, layers, "encoder", {"norm": None})
 
 
 def _first_hidden(args, kwargs):
@@ -128,15 +98,19 @@ class Resumable:
         self.output_kind = output
         self.n = len(batch)
         self.stacks, self.where = _stacks(model)
-        self.suffix_ok = model.family.name in _CACHE_FAMILIES
+        self.suffix_ok = model.family.kv_suffix_exact
         self._shells: dict[int, dict] = {}
         self._capture()
 
     # -- capture -----------------------------------------------------------------------
     def _flags(self) -> dict:
         if self.suffix_ok:
-            return {"use_cache": True}
-        if self.model.family.name == "whisper":
+            from transformers.cache_utils import DynamicCache
+
+            # a cache built without the config keeps every position of sliding-window layers
+            # (the model's own keeps only the window), so any prefix can be cut from it
+            return {"use_cache": True, "past_key_values": DynamicCache()}
+        if self.model.kind == "speech-seq2seq":
             return {"use_cache": False}
         return {}
 
@@ -148,8 +122,8 @@ class Resumable:
                 for j, layer in enumerate(st.layers):
                     hooks.append(layer.register_forward_pre_hook(_saver(inputs, (sname, j)), with_kwargs=True))
                 hooks.append(st.layers[-1].register_forward_hook(_out_saver(final, sname)))
-            for key, o in self.model._o_proj.items():
-                hooks.append(o.register_forward_pre_hook(_in_saver(oin, key)))
+            for site in self.model.sites:
+                hooks.append(self.model.out_proj(*site.key).register_forward_pre_hook(_in_saver(oin, site.key)))
             b = Batch({**self.batch.model_inputs, **self._flags()}, self.batch.query_mask, self.batch.items)
             with torch.no_grad():
                 trace = self.model.run(b, capture=[Z(None)], edits=self.edits)
@@ -178,22 +152,19 @@ class Resumable:
     def _tail(self, sname: str, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Model output at the metric positions, [rows, k, *], from the last layer's output."""
         st = self.stacks[sname]
-        m = st.tail_modules
-        if st.kind == "whisper-encoder":
+        if st.kind == "seq2seq-encoder":
             mi = self.batch.model_inputs
             dmask = mi["decoder_attention_mask"][rows] if "decoder_attention_mask" in mi else None
-            dec = m["decoder"](input_ids=mi["decoder_input_ids"][rows], attention_mask=dmask,
-                               encoder_hidden_states=m["norm"](hidden), use_cache=False)
-            h = gather_positions(dec.last_hidden_state, self.pos[rows])
-            return m["head"](h) if self.output_kind == "logits" else h
+            dec = self.model.hf.get_decoder()(input_ids=mi["decoder_input_ids"][rows], attention_mask=dmask,
+                               encoder_hidden_states=st.spec.final_norm(hidden), use_cache=False)
+            h = gather_positions(dec.last_hidden_state, self.pos[rows])      # the decoder's final norm applied
+            return self.model.unembed(h) if self.output_kind == "logits" else h
         h = gather_positions(hidden, self.pos[rows])
-        if m.get("norm") is not None:
-            h = m["norm"](h)
         if self.output_kind == "logits":
-            if m.get("head") is None:
+            if self.model.unembed is None:
                 raise ValueError("this metric reads logits but the model has no output head")
-            h = m["head"](h)
-        return h
+            return self.model.logits_from_resid(h, st.spec)
+        return h if st.spec.final_norm is None else st.spec.final_norm(h)
 
     # -- replay ------------------------------------------------------------------------
     def site_stack(self, key) -> tuple[str, int]:
@@ -242,7 +213,7 @@ class Resumable:
                     hidden = new if hidden is None else torch.cat([hidden, new])
                     active = hi
                 for key, lo, hi, kind, t in by_layer.get(j, []):
-                    hooks.append(_patch_hook(self.model._o_proj[key], lo, hi, kind, t))
+                    hooks.append(_patch_hook(self.model.out_proj(*key), lo, hi, kind, t))
                 r = rows[:active]
                 cache = self._prefix_cache(r, start, only=j) if start > 0 else None
                 a = _expand(tuple(args[1:]), r, self.n, cache)

@@ -4,8 +4,8 @@ AtP (Nanda 2023): the effect of replacing z_h by z'_h is linearised at the base 
 
     c_hat(h) = sum_pos (z'_h - z_h) . dM/dz_h            (per input, then averaged)
 
-where M is the metric and dM/dz_h is read as the gradient of the output projection's
-input (concat_h z_h) of the head's layer.
+where M is the metric and dM/dz_h is the gradient with respect to z as the output
+projection reads it (a ``Z(grad=True)`` capture).
 
 AtP* (Kramár et al. 2024, "AtP*: An efficient and scalable method for localizing LLM
 behaviour to components") fixes two failure modes of AtP:
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from ._resume import _stacks
+from ..capture import Z
 
 
 class _GradDrop(torch.autograd.Function):
@@ -62,37 +62,26 @@ def atp_effects(model, batch, edits, z_src, metric, index: torch.Tensor, keys: l
         {"atp": {key: [n, head] or [n, head, pos]}, "atp*": {...} when ``graddrop``,
         "base_metric": [n]}.
     """
-    xs: dict = {}
     hooks = []
     flags: list[dict] = []
-
-    def keep(key):
-        def hook(mod, args):
-            xs[key] = args[0]
-        return hook
-
+    order = list(keys)
     try:
-        for key in keys:
-            hooks.append(model._o_proj[key].register_forward_pre_hook(keep(key)))
         if graddrop:
-            stacks, _ = _stacks(model)
-            for st in stacks.values():
+            for st in model.stacks:
                 for layer in st.layers:
                     flag = {"drop": False}
                     flags.append(flag)
                     hooks.append(layer.register_forward_hook(_wrap(flag), with_kwargs=True))
-        trace = model.run(batch, edits=edits, grad=True)
+        trace = model.run(batch, capture=[Z(order, grad=True)], edits=edits, grad=True)
     finally:
         for h in hooks:
             h.remove()
     m = metric.evaluate(trace.output, index)
     total = m.sum()
-    order = list(keys)
-    inputs = [xs[k] for k in order]
+    inputs = [trace.z[k] for k in order]                          # z as the output projections read it
     deltas = []                                                    # z'_h - z_h, [n, pos, head, d_head]
-    for k, x in zip(order, inputs):
-        site = model.site(*k)
-        zb = x.detach().reshape(*x.shape[:2], site.n_heads, site.d_head)
+    for k, z in zip(order, inputs):
+        zb = z.detach()
         deltas.append(z_src(k, zb).to(zb.dtype) - zb)
 
     def estimate(grads) -> dict:

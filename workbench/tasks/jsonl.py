@@ -74,7 +74,7 @@ def _need(row: dict, keys: tuple, path, ids_ok: bool = False) -> None:
 def from_jsonl(model, path: str | Path, n: int | None = None) -> Task:
     """Build a task from the pairs in ``path`` (first ``n`` lines with pairs if given)."""
     rows = read_pairs(path)[:n] if n else read_pairs(path)
-    if model.family.name == "whisper":
+    if model.kind == "speech-seq2seq":
         return _audio(model, rows, Path(path))
     tok = model.tokenizer
     for r in rows:

@@ -30,7 +30,7 @@ def speech(model, n: int | None = None, seed: int = 0, snr_db: float = 0.0, wave
     ``waves`` (16 kHz float32 [samples] each) replace the bundled clips; ``corrupt_waves``
     (same lengths) replace the noisy copies, e.g. a user's own paired recordings. Raises
     ValueError for a model that is not Whisper."""
-    if model.family.name != "whisper":
+    if model.kind != "speech-seq2seq":
         raise ValueError(f"task 'speech' needs a Whisper model (e.g. whisper-tiny.en); {model.name} is {model.kind}")
     if waves is None:
         from ..inputs import builtin_clips, load_audio

@@ -123,8 +123,8 @@ def load_pretrained(path_or_id: str, dtype: torch.dtype | str = torch.float32, *
     Raises UnsupportedModelError (listing families) for an unsupported architecture and
     OSError / ValueError from transformers when the folder or id cannot be loaded.
     """
-    from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForCausalLM,
-                              AutoTokenizer, WhisperForConditionalGeneration)
+    import transformers
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoTokenizer
 
     from ..adapters import family_for
 
@@ -132,15 +132,15 @@ def load_pretrained(path_or_id: str, dtype: torch.dtype | str = torch.float32, *
     rev = {"revision": revision} if revision is not None else {}
     cfg = AutoConfig.from_pretrained(path_or_id, **rev)
     fam = family_for(cfg.model_type)
-    cls = {"causal": AutoModelForCausalLM, "speech-seq2seq": WhisperForConditionalGeneration}.get(fam.kind, AutoModel)
+    cls = getattr(transformers, fam.hf_class)               # the family record names the HF class
     hf = cls.from_pretrained(path_or_id, **kw, **rev)
     tok = fe = None
-    if fam.kind in ("causal", "encoder", "speech-seq2seq"):
+    if "tokenizer" in fam.preprocess:
         try:
             tok = AutoTokenizer.from_pretrained(path_or_id, **rev)
         except (OSError, ValueError, TypeError):
             tok = None
-    if fam.kind.startswith("speech"):
+    if "feature_extractor" in fam.preprocess:
         try:
             fe = AutoFeatureExtractor.from_pretrained(path_or_id, **rev)
         except (OSError, ValueError):

@@ -1,0 +1,24 @@
+"""Circuits between heads (issue 13): how heads talk to each other and why a head attends
+where it does. Each analysis is a pure function over a model and a batch (or, for
+composition, the weights alone) returning a result with a tidy table.
+
+Why a package beside ``patching`` and not files in ``analyses/``: the ``analyses`` are
+reductions of a trace (patterns, statistics) to per-head tables; circuit analyses need the
+model's internals during a forward (every layer's residual, the norms' inputs, queries and
+keys) and its weights, as the patching engine does. They use ``Model``'s public accessors
+(stacks, out_proj, W_Q..W_O, final norm, unembedding); the few facts the accessors do not
+give yet (norm in front of each attention, post-norms, rotary, Whisper's q prescaling) are
+one table in ``_parts.py``, the only place that looks at a family name.
+
+    dla.dla(model, batch, metric)            direct logit attribution per component and per key position
+    direct_patch.dla_patch(...)              ``workbench patch --method dla``: direct-path effect of a patch
+    decompose.components(clean, site, pos)   the residual stream as a sum of upstream components
+
+Shared machinery: ``_capture.record`` (one recorded forward: residuals, z, q/k/v, norm
+inputs) and ``_capture.NormLin`` (a norm linearised at the clean run).
+"""
+from .decompose import Component, components
+from .direct_patch import dla_patch
+from .dla import DLAResult, Readout, dla, readout
+
+__all__ = ["Component", "DLAResult", "Readout", "components", "dla", "dla_patch", "readout"]
