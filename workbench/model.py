@@ -206,21 +206,44 @@ class Model:
                 max_tokens: int | None = None) -> Batch:
         """Tokenise text (or take token ids) into a right-padded ``Batch`` for a text model.
 
-        Raises ValueError for an audio model, empty input, or no tokenizer with ``texts``.
+        Texts get the tokenizer's special tokens (BERT ``[CLS] ... [SEP]``, a Llama BOS).
+        ``max_tokens`` cuts longer inputs to that many tokens with the tokenizer's own
+        truncation, which shortens the text and keeps its special tokens (``[SEP]`` stays
+        last); token ids are cut at the end, keeping a trailing ``[SEP]``-like suffix the
+        tokenizer adds. A cut input's item records ``truncated_from`` (its token count
+        before the cut).
+
+        Raises:
+            UserError: for an audio model, not exactly one of ``texts``/``token_ids``, empty
+                input, ``texts`` without a tokenizer, or ``max_tokens`` too small to hold
+                the special tokens and one more token.
         """
+        from .errors import UserError
+        from .inputs._vocab import special_frame, truncate_ids
+
         if self.is_audio:
-            raise ValueError(f"{self.name} is an audio model; give audio (prepare_audio / --audio FILE), not text")
+            raise UserError(f"{self.name} is an audio model; give audio to prepare_audio, not text")
         if (texts is None) == (token_ids is None):
-            raise ValueError("give exactly one of texts or token_ids")
+            raise UserError("give exactly one of texts or token_ids")
         tok = self.tokenizer
+        if texts is not None and tok is None:
+            raise UserError(f"{self.name} has no tokenizer; pass token_ids")
+        prefix, suffix = special_frame(tok) if tok is not None else ([], [])
+        least = len(prefix) + len(suffix) + 1 if texts is not None else 1
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                       or max_tokens < least):
+            raise UserError(f"max_tokens must be an integer >= {least} (the tokenizer adds "
+                            f"{least - 1} special tokens to a text), got {max_tokens!r}")
         if texts is not None:
-            if tok is None:
-                raise ValueError(f"{self.name} has no tokenizer; pass token_ids")
             texts = list(texts)
-            if not texts or any(not t.strip() for t in texts):
-                raise ValueError("every prompt must be non-empty text")
-            token_ids = [tok(t, add_special_tokens=True)["input_ids"] for t in texts]
-        seqs = [list(s)[:max_tokens] if max_tokens else list(s) for s in token_ids]
+            if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+                raise UserError("every prompt must be non-empty text")
+            full = [list(tok(t, add_special_tokens=True, verbose=max_tokens is None)["input_ids"]) for t in texts]
+            seqs = [list(tok(t, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"])
+                    if max_tokens is not None and len(f) > max_tokens else f for t, f in zip(texts, full)]
+        else:
+            full = [list(s) for s in token_ids]
+            seqs = [truncate_ids(s, max_tokens, suffix) for s in full]
         pad = getattr(tok, "pad_token_id", None) if tok is not None else None
         pad = pad if pad is not None else getattr(self.hf.config, "pad_token_id", None) or 0
         ids, mask = pad_ids(seqs, pad)
@@ -229,6 +252,8 @@ class Model:
             item = {"index": i, "tokens": {"self": self.token_strings(s)}}
             if texts is not None:
                 item["text"] = texts[i]
+            if len(full[i]) > len(s):
+                item["truncated_from"] = len(full[i])
             items.append(item)
         return Batch({"input_ids": ids, "attention_mask": mask}, {"self": mask.bool()}, items)
 
