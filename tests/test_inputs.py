@@ -12,6 +12,8 @@ import soundfile
 from workbench.inputs import (
     PROMPT_SETS,
     SAMPLE_RATE,
+    TruncatedAudioWarning,
+    audio_source,
     builtin_clip_info,
     builtin_clips,
     load_audio,
@@ -236,3 +238,85 @@ def test_speech_json_is_plain_json():
 
     data = json.loads((DATA_DIR / "speech.json").read_text(encoding="utf-8"))
     assert all(set(v) >= {"text", "duration_s", "sample_rate"} for v in data.values())
+
+
+# ---------------------------------------------------------------- truncated audio, source facts
+
+def _stereo_wav(path, rate: int, seconds: float):
+    tone = _tone(rate, seconds)
+    soundfile.write(str(path), np.stack([tone, tone / 2], axis=1), rate, subtype="PCM_16")
+    return soundfile.info(str(path))
+
+
+def test_truncated_wav_warns_and_its_source_records_the_header(tmp_path):
+    path = tmp_path / "cut.wav"
+    header = _stereo_wav(path, 44100, 1.0)
+    assert header.frames == 44100
+    raw = path.read_bytes()
+    assert len(raw) == 44 + 4 * 44100                     # 44-byte header, 2 channels x 2 bytes per frame
+    path.write_bytes(raw[:44 + 4 * 20000])                # a copy cut after 20000 frames
+    assert issubclass(TruncatedAudioWarning, UserWarning)
+    with pytest.warns(TruncatedAudioWarning, match=r"decodes to 20000 samples .* header states 44100"):
+        wave = load_audio(path)
+    assert abs(len(wave) - 20000 * SAMPLE_RATE / 44100) <= 1
+    src = audio_source(path)                              # no warning: pytest turns warnings into errors
+    assert src == {"sample_rate": 44100, "channels": 2, "frames": 20000, "duration_s": 20000 / 44100,
+                   "header_frames": 44100, "format": "WAV", "subtype": "PCM_16", "truncated": True}
+
+
+def test_wav_header_length_found_past_other_chunks(tmp_path):
+    # RIFF by hand: fmt (mono, 8 kHz, 16-bit), a LIST chunk of odd size (padded), then a data
+    # chunk that declares 1000 frames but holds 600
+    import struct
+
+    fmt = struct.pack("<HHIIHH", 1, 1, 8000, 16000, 2, 16)
+    samples = (np.arange(600) % 100 * 50).astype("<i2").tobytes()
+    body = (b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"LIST" + struct.pack("<I", 5) + b"INFOx\x00"
+            + b"data" + struct.pack("<I", 2000) + samples)
+    path = tmp_path / "hand.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(body) + 400) + body)
+    with pytest.warns(TruncatedAudioWarning, match="decodes to 600 samples .* header states 1000"):
+        load_audio(path)
+    src = audio_source(path)
+    assert (src["frames"], src["header_frames"], src["sample_rate"], src["channels"]) == (600, 1000, 8000, 1)
+
+
+@pytest.mark.parametrize("fmt, subtype", [("WAV", "FLOAT"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("MP3", None)])
+def test_complete_files_load_without_warning_and_report_their_source(tmp_path, fmt, subtype):
+    if fmt not in soundfile.available_formats():
+        pytest.skip(f"this libsndfile cannot write {fmt}")
+    path = tmp_path / f"tone.{fmt.lower()}"
+    tone = _tone(22050, 1.0)
+    soundfile.write(str(path), np.stack([tone, tone], axis=1), 22050, format=fmt, subtype=subtype)
+    load_audio(path)                                      # any warning would fail the test
+    src = audio_source(path)
+    info = soundfile.info(str(path))
+    assert (src["sample_rate"], src["channels"], src["format"]) == (22050, 2, fmt)
+    assert src["frames"] == src["header_frames"] == info.frames and not src["truncated"]
+    assert src["duration_s"] == pytest.approx(info.duration)
+
+
+@pytest.mark.skipif("MP3" not in soundfile.available_formats(), reason="libsndfile < 1.1: no MP3")
+def test_truncated_mp3_warns(tmp_path):
+    path = tmp_path / "cut.mp3"
+    soundfile.write(str(path), _tone(16000, 2.0), 16000, format="MP3")
+    stated = soundfile.info(str(path)).frames
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.warns(TruncatedAudioWarning, match=f"header states {stated}"):
+        wave = load_audio(path)
+    assert len(wave) < stated
+
+
+def test_prepared_audio_items_record_the_source_file(tmp_path):
+    from tiny import tiny_hf
+
+    import workbench
+
+    path = tmp_path / "stereo.wav"
+    _stereo_wav(path, 22050, 0.5)
+    model = workbench.wrap(tiny_hf("wav2vec2"))
+    batch = model.prepare_audio([load_audio(path)], paths=[str(path)])
+    src = batch.items[0]["source"]
+    assert (src["sample_rate"], src["channels"], src["frames"]) == (22050, 2, 11025)
+    assert "source" not in model.prepare_audio([load_audio(path)]).items[0]   # no file named

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,8 +20,15 @@ def prepare_audio(model, waves: list, paths, transcripts) -> Batch:
         raise ValueError("every audio input needs at least one sample")
     paths = list(paths) if paths is not None else [None] * len(waves)
     if model.kind == "speech-seq2seq":
-        return _whisper(model, waves, paths, transcripts)
-    return _speech_encoder(model, waves, paths)
+        batch = _whisper(model, waves, paths, transcripts)
+    else:
+        batch = _speech_encoder(model, waves, paths)
+    from .inputs.audio import audio_source
+
+    for item in batch.items:  # the file's own rate, channels, length (recorded in meta.json)
+        if item["path"] is not None and Path(item["path"]).is_file():
+            item["source"] = audio_source(item["path"])
+    return batch
 
 
 def _whisper(model, waves, paths, transcripts) -> Batch:

@@ -2,7 +2,15 @@
 prompt files, audio loading at 16 kHz and bundled speech clips."""
 from __future__ import annotations
 
-from .audio import DATA_DIR, SAMPLE_RATE, builtin_clip_info, builtin_clips, load_audio
+from .audio import (
+    DATA_DIR,
+    SAMPLE_RATE,
+    TruncatedAudioWarning,
+    audio_source,
+    builtin_clip_info,
+    builtin_clips,
+    load_audio,
+)
 from .prompts import (
     PROMPT_SETS,
     natural_passages,
@@ -20,6 +28,8 @@ __all__ = [
     "SAMPLE_RATE",
     "DATA_DIR",
     "load_audio",
+    "audio_source",
+    "TruncatedAudioWarning",
     "builtin_clips",
     "builtin_clip_info",
 ]
