@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 from pathlib import Path
 from urllib.parse import unquote_plus
 
@@ -108,8 +109,19 @@ def redact(target: str) -> str:
     return path + "?" + "&".join(pairs)
 
 
+_TOKEN_TEXT = re.compile(r"(token=)[^&\s'\"]*", re.IGNORECASE)
+
+
 class _Handler(WSGIRequestHandler):
-    """werkzeug's request handler, with ``?token=`` values redacted from the access log."""
+    """werkzeug's request handler, with ``?token=`` values redacted from every log line (the
+    access log, and errors such as "Bad request syntax (...)" that quote the request line)."""
+
+    def log(self, type: str, message: str, *args) -> None:  # noqa: A002 - werkzeug's name
+        try:
+            text = message % args if args else message
+        except (TypeError, ValueError):
+            text = " ".join([message, *map(str, args)])
+        super().log(type, "%s", _TOKEN_TEXT.sub(r"\1***", text))
 
     def log_request(self, code="-", size="-") -> None:
         words = self.requestline.split(" ")

@@ -231,11 +231,18 @@ def test_token_never_in_stdout_or_logs(runs_dir):
         assert _get(port, "/?token=wrong-guess", host)[0] == 401
         assert _get(port, "/download/smol/heads.csv", host,
                     {"Authorization": f"Bearer {token}"})[0] == 200
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:  # bad syntax:
+            sock.sendall(f"GET /?token={token} extra HTTP/1.1\r\n\r\n".encode())  # logged
+            reply = b"".join(iter(lambda: sock.recv(4096), b""))
+            assert b"Error code: 400" in reply
     finally:
         proc.terminate()
         out, err = proc.communicate(timeout=30)
     assert token not in line + out and token not in err, (line, err[-2000:])
     assert "token=***" in err and "?token=<your token>" in line
+    assert "Bad request" in err                  # the bad request line was logged, redacted
 
 
 def test_serve_prints_no_token_in_the_url(runs_dir, capsys, monkeypatch):
