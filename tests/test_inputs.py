@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,6 +92,15 @@ def test_random_token_ids_exclude_all_specials(tokenizer):
     assert not np.isin(flat, tokenizer.all_special_ids).any()
     with pytest.raises(ValueError):
         random_token_ids(tokenizer, 1, 0)
+
+
+def test_random_token_ids_never_draw_unused_vocabulary_entries(tokenizer):
+    # vocab.txt read line by line (line number = id): BERT reserves [unused0]..[unused993]
+    lines = (Path(tokenizer.name_or_path) / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    unused = [i for i, t in enumerate(lines) if t.startswith("[unused") and t.endswith("]")]
+    assert len(unused) == 994
+    flat = np.array(random_token_ids(tokenizer, 20, 2000, seed=0)).ravel()   # 40k draws, ~1300 would be unused
+    assert not np.isin(flat, unused).any()
 
 
 def test_repeated_token_ids(tokenizer):

@@ -4,8 +4,9 @@ The three sets follow Gu et al. 2024, "When Attention Sink Emerges in Language M
 who measure first-token sinks on natural text, on uniformly random tokens and on a single
 repeated token (see ``shared/METHODS.md``, attention sinks). Natural text is taken from the
 docstrings of Python standard-library modules, so it needs no download and is the same on
-every machine running the same Python version. Token-id sets add no special tokens (no
-BOS/CLS/SEP): prepend them yourself if the model expects them.
+every machine running the same Python version. The token-id functions here add no special
+tokens (no BOS/CLS/SEP); ``sets.prompt_set`` builds the sets at an exact length with the
+model's special tokens, as Gu et al. do.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from ._vocab import ordinary_ids
 
 __all__ = [
     "PROMPT_SETS",
@@ -146,10 +149,11 @@ def natural_passages(n: int, *, min_chars: int = 200, max_chars: int = 1200,
 
     The pool is deterministic given the Python version; ``seed`` selects a random
     permutation of it (numpy ``default_rng``), and the first ``n`` passages are returned,
-    so a smaller ``n`` with the same seed gives a prefix of a larger one. This text runs
-    at about 4.4 characters per token (MiniLM WordPiece); for sequences of at least 64
-    tokens (Gu et al.'s T = 64) pass ``min_chars=350`` and truncate to 64 tokens. On
-    Python 3.11 the pool holds 323 passages for 200-1200 characters, 152 for 350-1200.
+    so a smaller ``n`` with the same seed gives a prefix of a larger one. Passages differ
+    in length (about 4.4 characters per token with MiniLM's WordPiece); for inputs of
+    exactly T tokens (Gu et al.'s T = 64) use ``sets.prompt_set(tokenizer, "natural", ...)``,
+    which joins passages until the tokenizer gives T tokens. On Python 3.11 the pool holds
+    323 passages for 200-1200 characters, 152 for 350-1200.
 
     Raises:
         ValueError: if ``n`` < 0, if ``min_chars`` < 1 or ``max_chars`` < ``min_chars``,
@@ -177,21 +181,20 @@ def _check_counts(n: int, length: int) -> None:
 
 
 def random_token_ids(tokenizer, n: int, length: int, *, seed: int = 0) -> list[list[int]]:
-    """Return ``n`` sequences of ``length`` token ids drawn uniformly from the vocabulary.
+    """Return ``n`` sequences of ``length`` ordinary token ids drawn uniformly.
 
-    The vocabulary is ``range(len(tokenizer))`` (added tokens included) minus
-    ``tokenizer.all_special_ids``; ids are drawn independently with replacement from a numpy
-    ``default_rng(seed)``, so the result is deterministic given ``seed`` and tokenizer. No
-    special tokens are added.
+    Ordinary ids are the tokenizer's vocabulary minus its special ids, added tokens marked
+    special and reserved ``[unused12]``-style entries (``_vocab.ordinary_ids``); ids are
+    drawn independently with replacement from a numpy ``default_rng(seed)``, so the result
+    is deterministic given ``seed`` and tokenizer. No special tokens are added.
 
     Raises:
-        ValueError: if ``n`` < 0, ``length`` < 1, or no non-special id is left.
+        ValueError: if ``n`` < 0, ``length`` < 1, or no ordinary id is left.
     """
     _check_counts(n, length)
-    special = np.asarray(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
-    candidates = np.setdiff1d(np.arange(len(tokenizer), dtype=np.int64), special)
+    candidates, _ = ordinary_ids(tokenizer)
     if candidates.size == 0:
-        raise ValueError("the tokenizer has no non-special token ids to sample from")
+        raise ValueError("the tokenizer has no ordinary (non-special, used) token ids to sample from")
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, candidates.size, size=(n, length))
     return candidates[picks].tolist()
