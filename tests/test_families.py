@@ -210,3 +210,42 @@ def test_suffix_replay_is_exact(family, monkeypatch):
     assert shells and min(shells) == 6
     assert naive.per_input.abs().max() > 1e-4
     torch.testing.assert_close(fast.per_input, naive.per_input, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "olmo2", "gemma2", "gpt2", "bert", "whisper", "wav2vec2"])
+def test_declared_norms_are_the_ones_the_forward_uses(family):
+    """The attention reads the declared input norm's output (or the layer input itself), and
+    the declared post-norms / output norm are called in that layer (recorded with hooks)."""
+    model = wb.wrap(tiny_hf(family))
+    seen, hooks = {}, []
+    for site in model.sites:
+        attn = model.attention_module(*site.key)
+        hooks.append(attn.register_forward_pre_hook(
+            lambda m, a, kw, k=site.key: seen.__setitem__(("attn", k), a[0] if a else kw["hidden_states"]),
+            with_kwargs=True))
+        stack, j = model.stack_of(*site.key)
+        hooks.append(stack.layers[j].register_forward_pre_hook(
+            lambda m, a, kw, k=site.key: seen.__setitem__(("layer", k), a[0] if a else kw["hidden_states"]),
+            with_kwargs=True))
+        norm = model.attn_in_norm(*site.key)
+        if norm is not None:
+            hooks.append(norm.register_forward_hook(lambda m, a, o, k=site.key: seen.__setitem__(("norm", k), o)))
+        for n in [model.attn_out_norm(*site.key)] + model.post_norms(*site.key):
+            if n is not None:
+                hooks.append(n.register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(("called", id(n)), True)))
+    try:
+        model.run(Batch(tiny_inputs(family, model.hf)))
+    finally:
+        for h in hooks:
+            h.remove()
+    for site in model.sites:
+        if site.stream == "cross":
+            continue
+        src = seen[("norm", site.key)] if model.attn_in_norm(*site.key) is not None else seen[("layer", site.key)]
+        assert torch.equal(seen[("attn", site.key)], src), (family, site.key)
+        for n in [model.attn_out_norm(*site.key)] + model.post_norms(*site.key):
+            if n is not None:
+                assert seen.get(("called", id(n))), (family, site.key)
+    expect_post = {"bert": 2, "wav2vec2": 2}.get(family, 0)
+    assert len(model.post_norms(*model.sites[0].key)) == expect_post
+    assert (model.attn_out_norm(*model.sites[0].key) is not None) == (family in ("olmo2", "gemma2"))

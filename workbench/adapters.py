@@ -38,6 +38,8 @@ class StreamSpec:
     stream: str                 # "self" | "encoder" | "decoder" | "cross"
     attn: str                   # the attention module ("self_attn")
     o_proj: str                 # its output projection ("self_attn.o_proj")
+    in_norm: str | None = None  # the norm whose output the attention reads (None: the residual itself)
+    out_norm: str | None = None  # a norm on the attention output before the residual add (OLMo 2, Gemma)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,9 @@ class StackSpec:
     path: str                                   # the ModuleList ("layers", "encoder.layers")
     streams: tuple[StreamSpec, ...]
     final_norm: str | None = None               # module after the last layer ("norm")
-    final_norm_if: str | None = None            # config flag that must be true for final_norm to apply
+    post_norms: tuple[str, ...] = ()            # norms applied to the residual inside a layer, in order
+                                                # (post-norm layers: BERT, wav2vec2)
+    if_flag: tuple | None = None                # (config attribute, StackSpec used instead when it is true)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,9 @@ class Family:
     kv_suffix_exact: bool = False           # replaying positions p.. on a clean KV-cache prefix is exact
     final_logit_softcap: str | None = None  # config attribute: logits = c * tanh(logits / c)
     query_prescale: bool = False            # q = q_proj(x) * module.scaling before attention (Whisper)
+    rotary: str | None = None               # "rotate-half": q, k rotated by the (cos, sin) ``position_embeddings``
+                                            # the attention module gets (HF apply_rotary_pos_emb); GPT-NeoX
+                                            # rotates only the first ``rotary_ndims`` dims of each head
     frames: Callable | None = field(default=None, compare=False)  # audio samples -> encoder frames
 
     @property
@@ -92,36 +99,44 @@ _SEPARATE = QKV("separate", ("q_proj", "k_proj", "v_proj"))
 
 
 def _decoder(name: str, model_types: tuple[str, ...], *, attn: str = "self_attn", o_proj: str = "o_proj",
-             qkv: QKV = _SEPARATE, layers: str = "layers", norm: str = "norm", **kw) -> Family:
+             qkv: QKV = _SEPARATE, layers: str = "layers", norm: str = "norm", in_norm: str | None = "input_layernorm",
+             out_norm: str | None = None, **kw) -> Family:
     """A decoder-only causal LM: one stack, one ``self`` stream, norm then unembedding."""
-    spec = StackSpec(layers, (StreamSpec("self", attn, f"{attn}.{o_proj}"),), norm)
+    spec = StackSpec(layers, (StreamSpec("self", attn, f"{attn}.{o_proj}", in_norm, out_norm),), norm)
     return Family(name, "causal", model_types, (spec,), qkv, hf_class="AutoModelForCausalLM",
                   kv_suffix_exact=True, **kw)
 
 
 def _speech_encoder(name: str) -> Family:
-    spec = StackSpec("encoder.layers", (StreamSpec("self", "attention", "attention.out_proj"),),
-                     "encoder.layer_norm", final_norm_if="do_stable_layer_norm")
+    post = StackSpec("encoder.layers", (StreamSpec("self", "attention", "attention.out_proj"),),
+                     post_norms=("layer_norm", "final_layer_norm"))
+    stable = StackSpec("encoder.layers", (StreamSpec("self", "attention", "attention.out_proj", "layer_norm"),),
+                       "encoder.layer_norm")
+    spec = StackSpec(post.path, post.streams, post_norms=post.post_norms, if_flag=("do_stable_layer_norm", stable))
     return Family(name, "speech-encoder", (name,), (spec,), _SEPARATE, preprocess=("feature_extractor",),
                   eager_softmax_fp32=False, frames=_conv_frames)
 
 
 FAMILIES = (
-    _decoder("llama-like", ("llama", "mistral", "qwen2", "qwen3", "smollm3")),
-    _decoder("olmo2", ("olmo2",)),
-    _decoder("phi3", ("phi3",), qkv=QKV("fused", ("qkv_proj",))),
-    _decoder("gemma", ("gemma2", "gemma3_text"), final_logit_softcap="final_logit_softcapping"),
+    _decoder("llama-like", ("llama", "mistral", "qwen2", "qwen3", "smollm3"), rotary="rotate-half"),
+    _decoder("olmo2", ("olmo2",), in_norm=None, out_norm="post_attention_layernorm", rotary="rotate-half"),
+    _decoder("phi3", ("phi3",), qkv=QKV("fused", ("qkv_proj",)), rotary="rotate-half"),
+    _decoder("gemma", ("gemma2", "gemma3_text"), out_norm="post_attention_layernorm", rotary="rotate-half",
+             final_logit_softcap="final_logit_softcapping"),
     _decoder("gpt-neox", ("gpt_neox",), attn="attention", o_proj="dense", norm="final_layer_norm",
-             qkv=QKV("fused-per-head", ("query_key_value",))),
-    _decoder("gpt2", ("gpt2",), attn="attn", o_proj="c_proj", layers="h", norm="ln_f",
+             qkv=QKV("fused-per-head", ("query_key_value",)), rotary="rotate-half"),
+    _decoder("gpt2", ("gpt2",), attn="attn", o_proj="c_proj", layers="h", norm="ln_f", in_norm="ln_1",
              qkv=QKV("fused", ("c_attn",)), eager_softmax_fp32=False),
     Family("bert", "encoder", ("bert", "roberta"),
-           (StackSpec("encoder.layer", (StreamSpec("self", "attention.self", "attention.output.dense"),)),),
+           (StackSpec("encoder.layer", (StreamSpec("self", "attention.self", "attention.output.dense"),),
+                      post_norms=("attention.output.LayerNorm", "output.LayerNorm")),),
            QKV("separate", ("query", "key", "value")), eager_softmax_fp32=False),
     Family("whisper", "speech-seq2seq", ("whisper",), (
-        StackSpec("encoder.layers", (StreamSpec("encoder", "self_attn", "self_attn.out_proj"),), "encoder.layer_norm"),
-        StackSpec("decoder.layers", (StreamSpec("decoder", "self_attn", "self_attn.out_proj"),
-                                     StreamSpec("cross", "encoder_attn", "encoder_attn.out_proj")), "decoder.layer_norm"),
+        StackSpec("encoder.layers", (StreamSpec("encoder", "self_attn", "self_attn.out_proj", "self_attn_layer_norm"),),
+                  "encoder.layer_norm"),
+        StackSpec("decoder.layers", (StreamSpec("decoder", "self_attn", "self_attn.out_proj", "self_attn_layer_norm"),
+                                     StreamSpec("cross", "encoder_attn", "encoder_attn.out_proj",
+                                                "encoder_attn_layer_norm")), "decoder.layer_norm"),
     ), _SEPARATE, hf_class="WhisperForConditionalGeneration", preprocess=("tokenizer", "feature_extractor"),
         eager_softmax_fp32=False, query_prescale=True),
     _speech_encoder("wav2vec2"),
@@ -161,6 +176,7 @@ class LayerStack:
     layers: list
     streams: tuple[str, ...]
     final_norm: nn.Module | None
+    post_norms: list = field(default_factory=list)   # per layer: norms on the residual inside it, in order
 
 
 @dataclass
@@ -170,6 +186,8 @@ class Components:
     sites: list[Site]
     attn: dict          # site key -> attention module
     o_proj: dict        # site key -> output projection
+    in_norm: dict       # site key -> norm the attention reads, or None
+    out_norm: dict      # site key -> norm on the attention output, or None
     stacks: list[LayerStack]
     where: dict         # site key -> (index into stacks, layer index)
 
@@ -189,14 +207,15 @@ def resolve(hf: nn.Module, family: Family) -> Components:
             raise UnsupportedModelError(f"{family.name} family: the model has no module {prefix + path!r}")
         return mod
 
-    comps = Components([], {}, {}, [], {})
+    comps = Components([], {}, {}, {}, {}, [], {})
     config = hf.config
     for i, spec in enumerate(family.stacks):
+        if spec.if_flag is not None and getattr(config, spec.if_flag[0], False):
+            spec = spec.if_flag[1]
         stack = get(spec.path)
-        norm = None
-        if spec.final_norm and (spec.final_norm_if is None or getattr(config, spec.final_norm_if, False)):
-            norm = get(spec.final_norm)
-        comps.stacks.append(LayerStack(prefix + spec.path, list(stack), tuple(s.stream for s in spec.streams), norm))
+        norm = get(spec.final_norm) if spec.final_norm else None
+        post = [[get(f"{spec.path}.{j}.{p}") for p in spec.post_norms] for j in range(len(stack))]
+        comps.stacks.append(LayerStack(prefix + spec.path, list(stack), tuple(s.stream for s in spec.streams), norm, post))
         for j, layer in enumerate(stack):
             for s in spec.streams:
                 base = f"{spec.path}.{j}."
@@ -204,6 +223,8 @@ def resolve(hf: nn.Module, family: Family) -> Components:
                 site = Site(s.stream, j, *_head_counts(attn, config))
                 comps.sites.append(site)
                 comps.attn[site.key], comps.o_proj[site.key] = attn, o
+                comps.in_norm[site.key] = get(base + s.in_norm) if s.in_norm else None
+                comps.out_norm[site.key] = get(base + s.out_norm) if s.out_norm else None
                 comps.where[site.key] = (i, j)
     comps.sites.sort()
     return comps

@@ -123,6 +123,22 @@ class Model:
         i, j = self._parts.where[self.site(stream, layer).key]
         return self._parts.stacks[i], j
 
+    def attn_in_norm(self, stream: str, layer: int) -> torch.nn.Module | None:
+        """The norm whose output the site's attention reads (LN/RMSNorm module); None where
+        it reads the residual itself (post-norm layers: BERT, OLMo 2, wav2vec2)."""
+        return self._parts.in_norm[self.site(stream, layer).key]
+
+    def attn_out_norm(self, stream: str, layer: int) -> torch.nn.Module | None:
+        """A norm applied to the attention output before it is added to the residual
+        (OLMo 2, Gemma 2/3), else None: then the output projection's output is added as is."""
+        return self._parts.out_norm[self.site(stream, layer).key]
+
+    def post_norms(self, stream: str, layer: int) -> list[torch.nn.Module]:
+        """Norms applied to the residual stream inside the site's layer, in order (post-norm
+        layers: BERT after attention and after the MLP); empty for pre-norm layers."""
+        stack, j = self.stack_of(stream, layer)
+        return list(stack.post_norms[j])
+
     @property
     def final_norm(self) -> torch.nn.Module | None:
         """The norm applied to the residual stream before the unembedding (the last stack's;
