@@ -19,6 +19,7 @@ import torch
 
 from .batch import Batch
 from .capture import Pattern, Stats
+from .errors import UserError, user_error
 from .runs import merge_tables, save_run
 
 PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "pyarrow", "gguf")
@@ -43,24 +44,35 @@ class JobConfig:
     force: bool = False
     quiet: bool = False
     command: str = ""
+    truncate: bool = False      # cut inputs longer than the model's context to its length
+    max_save_gib: float = 2.0   # refuse before tracing when saved patterns would need more
+    params_from_text: bool = False  # params values are text typed by a person (the CLI)
 
     def __post_init__(self) -> None:
-        if self.max_prompts < 1 or self.max_tokens < 2 or self.batch_size < 1 or self.save_patterns < 0:
-            raise ValueError("--max-prompts and --batch-size must be >= 1, --max-tokens >= 2, --save-patterns >= 0")
+        for name, lo in (("max_prompts", 1), ("max_tokens", 2), ("batch_size", 1), ("save_patterns", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise user_error("{%s} must be an integer >= {lo}, got {v!r}" % name, lo=lo, v=v)
+        if not self.max_save_gib > 0:
+            raise user_error("{max_save_gib} must be > 0 GiB, got {v!r}", v=self.max_save_gib)
+        self.out = Path(self.out)
 
 
-def _text_inputs(cfg: JobConfig, model) -> tuple[Batch, str]:
-    from .inputs import natural_passages, random_token_ids, read_prompt_file, repeated_token_ids
+def _text_inputs(cfg: JobConfig, model, texts: list[str] | None) -> tuple[Batch, str]:
+    """The text batch; inputs longer than the model's context are refused (or cut with ``truncate``)."""
+    from ._budget import check_context, context_limit
+    from .inputs import PROMPT_SETS, prompt_set
 
+    limit = context_limit(model)
+    n_tok = min(cfg.max_tokens, limit) if cfg.truncate and limit else cfg.max_tokens
     kind = cfg.prompts or "natural"
-    if kind == "natural":
-        return model.prepare(natural_passages(cfg.max_prompts, seed=cfg.seed), max_tokens=cfg.max_tokens), kind
-    if kind == "random":
-        return model.prepare(token_ids=random_token_ids(model.tokenizer, cfg.max_prompts, cfg.max_tokens, seed=cfg.seed)), kind
-    if kind == "repeated":
-        return model.prepare(token_ids=repeated_token_ids(model.tokenizer, cfg.max_prompts, cfg.max_tokens)), kind
-    texts = read_prompt_file(kind)[: cfg.max_prompts]
-    return model.prepare(texts, max_tokens=cfg.max_tokens), str(Path(kind).resolve())
+    if kind in PROMPT_SETS:  # exactly n_tok tokens each (Gu et al. 2024); items record the protocol
+        batch = prompt_set(model.tokenizer, kind, max_prompts=cfg.max_prompts, max_tokens=n_tok,
+                           seed=cfg.seed).prepare(model)
+    else:
+        batch, kind = model.prepare(texts, max_tokens=n_tok), str(Path(kind).resolve())
+    check_context(model, batch.query_mask["self"].sum(-1).tolist(), truncate=cfg.truncate)
+    return batch, kind
 
 
 def _registry():
@@ -69,41 +81,56 @@ def _registry():
     return registry()
 
 
-def validate(cfg: JobConfig) -> list:
-    """Validate everything that needs no model; returns the loaded audio arrays (or [])."""
-    from .inputs import read_prompt_file
-    from .zoo import BUILTINS
+@dataclass
+class Checked:
+    """What ``validate`` read: typed parameters per analysis, prompt texts, audio arrays."""
+
+    params: dict
+    texts: list[str] | None
+    waves: list
+
+
+def validate(cfg: JobConfig) -> Checked:
+    """Check everything that needs no model, before it loads: analyses and their parameters,
+    the model name, prompt and audio files, the output folder. Raises UserError."""
+    from ._safe_replace import check_target
+    from .inputs import load_audio, read_prompt_file
+    from .zoo._resolve import check_source
 
     known = _registry()
     unknown = [a for a in cfg.analyses if a not in known]
     if unknown or not cfg.analyses:
-        raise ValueError(f"unknown analyses {unknown}; choose from {', '.join(known)}")
-    for name, kv in cfg.params.items():
-        if name not in cfg.analyses:
-            raise ValueError(f"--param for {name!r}, which is not among --analyses {','.join(cfg.analyses)}")
-        bad = sorted(set(kv) - set(known[name].defaults))
-        if bad:
-            raise ValueError(f"analysis {name!r} has no parameter {bad[0]!r}; its parameters: "
-                             f"{', '.join(known[name].defaults) or 'none'}")
-    if cfg.model not in BUILTINS and not Path(cfg.model).exists() and "/" not in cfg.model:
-        raise ValueError(f"unknown model {cfg.model!r}; built-in models: {', '.join(BUILTINS)} "
-                         "(or give a local HF folder); see `workbench models`")
-    if cfg.prompts and cfg.prompts not in ("natural", "random", "repeated"):
-        read_prompt_file(cfg.prompts)
+        raise user_error("unknown analyses {unknown}; choose {analyses} from {known}", unknown=unknown,
+                         known=", ".join(known))
+    extra = [n for n in cfg.params if n not in cfg.analyses]
+    if extra:
+        raise user_error("{params} for {name!r}, which is not among {analyses} {chosen}", name=extra[0],
+                         chosen=",".join(cfg.analyses))
+    # typed frozen parameters (UserError naming the analysis, parameter, expected type and value)
+    params = {n: known[n].parse_params(dict(cfg.params.get(n, {})), from_text=cfg.params_from_text)
+              for n in cfg.analyses}
     if cfg.prompts and cfg.audio:
-        raise ValueError("give either --prompts (text models) or --audio (audio models), not both")
-    if cfg.out.exists() and not cfg.force:
-        raise ValueError(f"output folder {cfg.out} already exists; choose another --out or pass --force")
-    from .inputs import load_audio
-
-    return [load_audio(p) for p in cfg.audio]
+        raise user_error("give either {prompts} (text models) or {audio} (audio models), not both")
+    check_source(cfg.model, need_tokenizer=not cfg.audio)
+    check_target(cfg.out, force=cfg.force)
+    texts = None
+    if cfg.prompts and cfg.prompts not in ("natural", "random", "repeated"):
+        try:
+            texts = read_prompt_file(cfg.prompts)[: cfg.max_prompts]
+        except (OSError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+    try:
+        waves = [load_audio(p) for p in cfg.audio]
+    except (OSError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    return Checked(params, texts, waves)
 
 
 def _audio_inputs(cfg: JobConfig, model, waves: list) -> tuple[Batch, str]:
     from .inputs import builtin_clips, load_audio
 
     if cfg.prompts:
-        raise ValueError(f"{cfg.model} is an audio model: give --audio FILE (WAV/FLAC/MP3), not --prompts")
+        raise user_error("{model} is an audio model: give {audio} FILE (WAV/FLAC/MP3), not {prompts}", model=cfg.model)
     paths = list(cfg.audio) or [str(p) for p in builtin_clips()][: cfg.max_prompts]
     waves = waves or [load_audio(p) for p in paths]
     return model.prepare_audio(waves, paths=paths), "audio files" if cfg.audio else "bundled speech clips"
@@ -189,39 +216,47 @@ def git_commit() -> str | None:
 
 
 def trace_job(cfg: JobConfig) -> tuple[Path, dict]:
-    """Run the main job; returns (run folder, summary). Raises ValueError / FileNotFoundError /
-    ModuleNotFoundError with a message for the user on bad input; writes nothing then."""
-    from .zoo import load
+    """Run the main job; returns (run folder, summary).
+
+    Raises UserError (one line) on bad input, before the model loads where the input can be
+    checked without it, and before tracing otherwise (an analysis that does not apply, inputs
+    longer than the model's context, patterns over ``max_save_gib``); nothing is written then.
+    """
+    from ._budget import check_pattern_budget
+    from .zoo._resolve import load_checked
 
     t0 = time.perf_counter()
-    waves = validate(cfg)
-    model = load(cfg.model, quiet=cfg.quiet)
+    checked = validate(cfg)
+    waves = checked.waves
+    model = load_checked(cfg.model, quiet=cfg.quiet)
     t_load = time.perf_counter() - t0
     if model.is_audio:
         batch, prompt_set = _audio_inputs(cfg, model, waves)
         waves = waves or None
     else:
         if cfg.audio:
-            raise ValueError(f"{cfg.model} is a text model: give --prompts natural|random|repeated|FILE, not --audio")
-        batch, prompt_set = _text_inputs(cfg, model)
+            raise user_error("{model} is a text model: give {prompts} natural|random|repeated|FILE, not {audio}",
+                             model=cfg.model)
+        batch, prompt_set = _text_inputs(cfg, model, checked.texts)
     from .analyses import Context
 
     reg = _registry()
     for name in cfg.analyses:
         why = reg[name].applies(model)
         if why:
-            raise ValueError(f"analysis {name!r} does not apply to {cfg.model}: {why}")
+            raise UserError(f"analysis {name!r} does not apply to {cfg.model}: {why}")
+    check_pattern_budget(model, batch, cfg.save_patterns, cfg.max_save_gib)
     t1 = time.perf_counter()
     ctx = Context(model, batch)
     ctx._stats = chunked_stats(model, batch, cfg.batch_size, cfg.quiet)
     results, timings, params = {}, {}, {}
     for name in cfg.analyses:
         a = reg[name]
-        ctx.params = {**a.defaults, **cfg.params.get(name, {})}
+        ctx.params = checked.params[name]
         ts = time.perf_counter()
         results[name] = a.run(ctx)
         timings[name] = round(time.perf_counter() - ts, 3)
-        params[name] = dict(ctx.params)
+        params[name] = checked.params[name].as_json()
     t_trace = time.perf_counter() - t1
     tensors: dict = {}
     pats = kept_patterns(model, batch, cfg.save_patterns)
@@ -244,7 +279,8 @@ def trace_job(cfg: JobConfig) -> tuple[Path, dict]:
                   "weights_sha256": model.meta.get("weights_sha256"), "format": model.meta.get("format")},
         "sites": [vars(s) for s in model.sites],
         "inputs": {"kind": "audio" if model.is_audio else "text", "prompt_set": prompt_set,
-                   "max_tokens": None if model.is_audio else cfg.max_tokens, "items": batch.items},
+                   "max_tokens": None if model.is_audio else cfg.max_tokens, "truncate": cfg.truncate,
+                   "items": batch.items},
         "analyses": params, "summary": summary,
         "timings_s": {"load": round(t_load, 3), "trace_and_analyses": round(t_trace, 3), **timings},
         "packages": environment(), "git_commit": git_commit(), "command": cfg.command, "seed": cfg.seed,

@@ -7,27 +7,25 @@ Layout of a run folder (``schema_version`` 1)::
     <name>.safetensors   tensors, keys like "pattern/<stream>/<layer>/<input index>"
 
 Writes are atomic: everything goes to a hidden temporary folder beside the target, which
-is renamed into place at the end, so an interrupted write leaves no half folder and an
-existing folder is only replaced when ``force=True``. Tensors are safetensors, tables
-parquet, metadata json: nothing is ever pickled.
+is renamed into place at the end, so an interrupted write leaves no half folder. ``force=True``
+replaces only a run folder the workbench wrote, or an empty folder, and does so crash-safely;
+leftovers of a killed write are tidied by the next write beside it (see ``_safe_replace``).
+Tensors are safetensors, tables parquet, metadata json: nothing is ever pickled.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
 
+from ._safe_replace import RunExistsError, check_target, is_run_folder, new_tmp, put_in_place
+
 SCHEMA_VERSION = 1
 HEAD_KEYS = ["stream", "layer", "head"]
-
-
-class RunExistsError(FileExistsError):
-    """The output folder exists and ``force`` was not given."""
 
 
 def save_run(
@@ -46,31 +44,33 @@ def save_run(
         heads: per-head table with columns ``stream, layer, head`` plus metric columns.
         meta: json-serialisable metadata; ``schema_version`` is added.
         tensors: ``{file stem: {key: torch.Tensor}}``, each written to ``<stem>.safetensors``.
-        force: replace an existing ``out_dir``.
+        force: replace an existing ``out_dir`` if it is a run folder the workbench wrote or
+            an empty folder (anything else is refused and left as it is).
         tables: extra tables ``{name: DataFrame}``, each written to ``<name>.parquet``.
 
     Raises:
         RunExistsError: ``out_dir`` exists and ``force`` is False (nothing is touched).
+        UserError: ``out_dir`` may not be written (``_safe_replace.check_target``): not a
+            run folder or empty folder, the current folder, a file, an unwritable parent.
         ValueError: ``heads`` lacks a key column or has duplicate heads.
     """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    if out.exists() and not force:
-        raise RunExistsError(f"output folder {out} already exists; pass --force to replace it")
     missing = [c for c in HEAD_KEYS if c not in heads.columns]
     if missing:
         raise ValueError(f"heads table lacks key columns {missing}; it needs {HEAD_KEYS}")
     if heads.duplicated(HEAD_KEYS).any():
         raise ValueError("heads table has duplicate (stream, layer, head) rows")
+    if tables and "heads" in tables:
+        raise ValueError("an extra table may not be called 'heads'")
+    check_target(out, force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = new_tmp(out)
     try:
         table = heads.sort_values(HEAD_KEYS).reset_index(drop=True)
         table.to_parquet(tmp / "heads.parquet", index=False)
         for name, extra in (tables or {}).items():
-            if name == "heads":
-                raise ValueError("an extra table may not be called 'heads'")
             extra.to_parquet(tmp / f"{name}.parquet", index=False)
         for stem, tdict in (tensors or {}).items():
             if tdict:
@@ -79,13 +79,7 @@ def save_run(
         full_meta = {"schema_version": SCHEMA_VERSION, **meta}
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=str))
         _normal_permissions(tmp)
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        put_in_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -144,3 +138,7 @@ def merge_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
             raise ValueError(f"metric columns clash between analyses: {sorted(clash)}")
         out = out.merge(t, on=HEAD_KEYS, how="outer")
     return out.sort_values(HEAD_KEYS).reset_index(drop=True)
+
+
+__all__ = ["HEAD_KEYS", "SCHEMA_VERSION", "RunExistsError", "is_run_folder", "load_heads", "load_meta", "load_tensor",
+           "merge_tables", "save_run"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import shlex
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 
 def add_task_args(p) -> None:
@@ -18,23 +19,81 @@ def add_task_args(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-def load_task(args):
-    """(model, task); UserError for a task that does not fit the model."""
-    from ..cli import UserError
-    from ..tasks import DEFAULT_TASK, build
-    from ..zoo import load
+def at_least(value, flag: str, lo) -> None:
+    """UserError unless ``value`` (None: not given) is >= ``lo``."""
+    from ..errors import UserError
 
-    if args.n is not None and args.n < 1:
-        raise UserError(f"--n must be >= 1, got {args.n}")
-    model = load(args.model, quiet=args.quiet)
+    if value is not None and value < lo:
+        raise UserError(f"{flag} must be >= {lo}, got {value}")
+
+
+def check_task_args(args) -> None:
+    """Everything of a patch/prune command line that needs no model: --n, the output folder
+    (``check_target``), the model name (``check_source``), the task name or JSONL file."""
+    from .._safe_replace import check_target
+    from ..errors import UserError
+    from ..tasks import TASKS
+    from ..tasks.jsonl import check_pairs_file
+    from ..zoo._resolve import check_source
+
+    at_least(args.n, "--n", 1)
+    check_target(args.out, force=args.force)
+    check_source(args.model)
+    if args.task is not None and args.task not in TASKS:
+        if not (args.task.endswith(".jsonl") or Path(args.task).exists()):
+            raise UserError(f"unknown task {args.task!r}; use one of {', '.join(TASKS)} or a .jsonl file of pairs")
+        check_pairs_file(args.task, args.n)
+
+
+def load_task(args):
+    """(model, task); UserError for a model that does not load or a task that does not fit it."""
+    from ..errors import UserError
+    from ..tasks import DEFAULT_TASK, TASKS, build
+    from ..zoo._resolve import load_checked
+
+    model = load_checked(args.model, quiet=args.quiet)
     name = args.task or DEFAULT_TASK.get(model.kind)
     if name is None:
         raise UserError(f"{args.model} is a {model.kind} model: there is no default task; give --task FILE.jsonl")
+    if name not in TASKS:
+        return model, build(model, name, n=args.n, seed=args.seed)   # JSONL: raises UserError itself
     try:
-        task = build(model, name, n=args.n, seed=args.seed)
-    except ValueError as exc:
+        return model, build(model, name, n=args.n, seed=args.seed)
+    except ValueError as exc:   # the built-in tasks' "does not fit this model / tokenizer"
         raise UserError(str(exc)) from None
-    return model, task
+
+
+def remove_units(units_root: Path, stores: list[str]) -> None:
+    """Remove the unit files this command wrote (``<units_root>/<store>/``: sweep.json and
+    unit files), then the folders if they are left empty; nothing else is touched."""
+    import re
+
+    own = re.compile(r"^(sweep\.json|shard\d{4}-.+\.safetensors|\.shard\d{4}-.+\.tmp)$")
+    for name in stores:
+        folder = units_root / name
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for f in folder.iterdir():
+            if own.match(f.name) and f.is_file() and not f.is_symlink():
+                f.unlink()
+        _rmdir_if_empty(folder)
+    _rmdir_if_empty(units_root)
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def units_note(units_root: Path) -> str:
+    """What an interrupted patch/prune leaves and how to resume."""
+    n = sum(1 for _ in units_root.rglob("shard*.safetensors")) if units_root.is_dir() else 0
+    if n == 0:
+        return "no run folder was written and no work unit had finished"
+    return (f"no run folder was written; {n} finished work unit(s) are kept in {units_root}: "
+            "rerun the same command to resume from them")
 
 
 def base_meta(model, task, args) -> dict:
@@ -54,10 +113,21 @@ def base_meta(model, task, args) -> dict:
     }
 
 
-def progress(quiet: bool):
-    if quiet:
-        return None
+def executor(quiet: bool):
+    """An in-process executor that shows progress (unless ``quiet``) and says how many units
+    a rerun reused; its ``reused_seconds`` is the time those units took when computed."""
+    from ..patching.units import InProcessExecutor
 
-    def show(i, n, unit):
+    if quiet:
+        return InProcessExecutor()
+
+    def show(i, n, unit):              # a line rewritten in place: only on a terminal
+        if not sys.stderr.isatty():
+            return
         print(f"\r  unit {i + 1}/{n} {unit.id}", end="" if i + 1 < n else "\n", file=sys.stderr, flush=True)
-    return show
+
+    def resumed(k, n, seconds):
+        if k:
+            print(f"  resuming: {k} of {n} units reused from an interrupted run ({seconds:.1f} s of work), "
+                  f"{n - k} to compute", file=sys.stderr, flush=True)
+    return InProcessExecutor(show, resumed)

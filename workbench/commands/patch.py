@@ -9,11 +9,11 @@ effect tensor, per-pair effects and, with ``--per-position``, effects per positi
 """
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
-from ._task_args import add_task_args, base_meta, load_task, progress
+from ._task_args import (add_task_args, at_least, base_meta, check_task_args, executor, load_task, remove_units,
+                         units_note)
 
 
 def register(sub) -> None:
@@ -35,52 +35,58 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from ..patching import METHODS, patch
     from ..circuits.direct_patch import dla_patch      # --method dla: direct-path effects, one pass
     from ..patching.engine import _ALIASES
-    from ..patching.units import InProcessExecutor
-    from ..runs import RunExistsError, save_run
+    from ..runs import save_run
 
     methods = [_ALIASES.get(m.strip(), m.strip()) for m in args.method.split(",") if m.strip()]
     bad = [m for m in methods if m not in (*METHODS, "dla")]
     if not methods or bad:
         raise UserError(f"unknown method(s) {bad or args.method!r}; use exact, naive, atp, atp-star, dla")
+    at_least(args.shard_size, "--shard-size", 1)
+    if args.units and Path(args.units).exists() and not Path(args.units).is_dir():
+        raise UserError(f"--units {args.units} is a file; give a folder for the finished work units")
+    check_task_args(args)
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise RunExistsError(f"output folder {out} already exists; pass --force to replace it")
     model, task = load_task(args)
     if args.ablation == "resample" and task.corrupt is None:
         raise UserError(f"task {task.name} has no corrupt inputs; use --ablation zero|mean")
     units_root = Path(args.units) if args.units else out.parent / f".{out.name}.units"
     results = []
-    for m in methods:
-        units = units_root / m.replace("*", "_star")
-        if not args.quiet:
-            print(f"{m}: {task.name} on {model.name}, {len(task)} pairs, {args.ablation} {args.direction}",
-                  file=sys.stderr)
-        try:
+    try:
+        for m in methods:
+            units = units_root / m.replace("*", "_star")
+            if not args.quiet:
+                print(f"{m}: {task.name} on {model.name}, {len(task)} pairs, {args.ablation} {args.direction}",
+                      file=sys.stderr)
+            ex = executor(args.quiet)
             run_one = dla_patch if m == "dla" else patch
             res = run_one(model, task.clean, task.metric, corrupt=task.corrupt, method=m, ablation=args.ablation,
                         direction=args.direction, per_position=args.per_position, shard_size=args.shard_size,
-                        update=args.update, executor=InProcessExecutor(progress(args.quiet)), store=str(units))
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        results.append(res)
-    main = results[0]
+                        update=args.update, executor=ex, store=str(units))
+            res.seconds += ex.reused_seconds        # the time of every unit, also those of an earlier run
+            results.append((res, ex.reused))
+    except KeyboardInterrupt as exc:
+        exc.workbench_note = units_note(units_root)
+        raise
+    main, _ = results[0]
     table = main.table()
-    for r in results[1:]:
+    for r, _ in results[1:]:
         name = r.method.replace("*", "_star")
         table[f"patch.effect_{name}"] = r.effect.double().numpy()
         table[f"patch.rank_{name}"] = r.rank().numpy()
     meta = base_meta(model, task, args)
     meta["analyses"] = {"patch": {**main.meta(), "update": args.update, "task": task.name,
-                                  "also": [{"method": r.method, "seconds": round(r.seconds, 3)} for r in results[1:]]}}
+                                  "units_reused": results[0][1],
+                                  "also": [{"method": r.method, "seconds": round(r.seconds, 3), "units_reused": k}
+                                           for r, k in results[1:]]}}
     tensors = {"patch": main.tensors()}
-    for r in results[1:]:
+    for r, _ in results[1:]:
         tensors[f"patch_{r.method.replace('*', '_star')}"] = r.tensors()
     save_run(out, table, meta, tensors, force=args.force)
-    shutil.rmtree(units_root, ignore_errors=True)
+    remove_units(units_root, [m.replace("*", "_star") for m in methods])
     print(summary(main, task, out))
     return 0
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._task_args import add_task_args, base_meta, load_task
+from ._task_args import (add_task_args, at_least, base_meta, check_task_args, executor, load_task, remove_units,
+                         units_note)
 
 
 def register(sub) -> None:
@@ -25,35 +26,62 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def check_args(args) -> list[str]:
+    """The pruning orders; UserError for an unknown order or a step / fraction / seed count
+    out of range (before the model loads)."""
+    from ..analyses.pruning import ORDERS
+    from ..errors import UserError
+
+    orders = [o.strip() for o in args.orders.split(",") if o.strip()]
+    bad = [o for o in orders if o not in ORDERS]
+    if not orders or bad:
+        raise UserError(f"unknown pruning order(s) {bad or args.orders!r} in --orders; use some of {', '.join(ORDERS)}")
+    if not 0 < args.step <= 1:
+        raise UserError(f"--step must be a fraction of the heads in (0, 1], got {args.step}")
+    if not 0 <= args.max_fraction <= 1:
+        raise UserError(f"--max-fraction must be in [0, 1], got {args.max_fraction}")
+    at_least(args.seeds, "--seeds", 0)
+    if "random" in orders and args.seeds == 0:
+        raise UserError("--orders includes random but --seeds is 0; give --seeds 1 or more, or drop random")
+    return orders
+
+
 def run(args) -> int:
     import time
 
     from ..analyses.pruning import prune
-    from ..cli import UserError
-    from ..runs import RunExistsError, save_run
+    from ..patching import patch
+    from ..runs import save_run
 
+    orders = check_args(args)
+    check_task_args(args)
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise RunExistsError(f"output folder {out} already exists; pass --force to replace it")
-    if args.seeds < 0:
-        raise UserError(f"--seeds must be >= 0, got {args.seeds}")
-    orders = [o.strip() for o in args.orders.split(",") if o.strip()]
     model, task = load_task(args)
     if not args.quiet:
         print(f"pruning {model.name} on {task.name} ({len(task)} inputs), orders {', '.join(orders)}", file=sys.stderr)
+    units_root = out.parent / f".{out.name}.units"
     t0 = time.perf_counter()
+    effect, reused_s, reused = None, 0.0, 0
     try:
+        if "patching" in orders:   # the patching order's sweep, kept in work units so a rerun resumes
+            ex = executor(args.quiet)
+            res = patch(model, task.clean, task.metric, method="exact", ablation="zero", direction="noising",
+                        executor=ex, store=str(units_root / "patching"))
+            effect = {h: float(e) for h, e in zip(res.heads, res.effect)}
+            reused_s, reused = ex.reused_seconds, ex.reused
         res = prune(model, task.clean, task.metric, step=args.step, max_fraction=args.max_fraction, orders=orders,
-                    seeds=tuple(range(args.seeds)))
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+                    seeds=tuple(range(args.seeds)), patch_effect=effect)
+    except KeyboardInterrupt as exc:
+        exc.workbench_note = units_note(units_root)
+        raise
     meta = base_meta(model, task, args)
     meta["analyses"] = {"importance": {"method": "michel2019", "metric": task.metric.describe(),
                                        "normalisation": "L2 over each layer's heads"},
-                        "prune": {**res.params, "metric": task.metric.describe(),
-                                  "seconds": round(time.perf_counter() - t0, 3)}}
+                        "prune": {**res.params, "metric": task.metric.describe(), "units_reused": reused,
+                                  "seconds": round(time.perf_counter() - t0 + reused_s, 3)}}
     save_run(out, res.heads, meta, force=args.force,
              tables={"prune_curve": res.curve, "prune_heads_left": res.heads_left})
+    remove_units(units_root, ["patching"])
     print(summary(res, task, out))
     return 0
 

@@ -13,11 +13,16 @@ def register(sub) -> None:
     p.add_argument("--audio", nargs="+", default=[], metavar="FILE", help="audio files for audio models (WAV/FLAC/MP3)")
     p.add_argument("--analyses", default="entropy,sinks", help="comma-separated analyses (default: entropy,sinks)")
     p.add_argument("--param", action="append", default=[], metavar="ANALYSIS.KEY=VALUE",
-                   help="override an analysis parameter, e.g. retrieval.grid=quick (repeatable; VALUE as json or text)")
+                   help="override an analysis parameter, e.g. retrieval.grid=quick (repeatable; typed and "
+                        "checked against the analysis' parameters before the model loads)")
     p.add_argument("--max-prompts", type=int, default=16, help="number of prompts / clips (default 16)")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens per prompt (default 128)")
     p.add_argument("--save-patterns", type=int, default=2, metavar="N",
                    help="keep full attention patterns of the first N inputs (default 2)")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut inputs longer than the model's context to its length (default: refuse them)")
+    p.add_argument("--max-save-gib", type=float, default=2.0, metavar="GIB",
+                   help="refuse before tracing when the kept patterns would take more memory (default 2)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, type=Path, help="run folder to create")
@@ -33,7 +38,8 @@ def run(args) -> int:
         model=args.model, out=args.out, prompts=args.prompts, audio=args.audio,
         analyses=[a.strip() for a in args.analyses.split(",") if a.strip()], max_prompts=args.max_prompts,
         max_tokens=args.max_tokens, save_patterns=args.save_patterns, batch_size=args.batch_size, seed=args.seed,
-        params=parse_params(args.param), force=args.force, quiet=args.quiet, command=shlex.join(["workbench", *sys.argv[1:]]),
+        params=parse_params(args.param), params_from_text=True, force=args.force, quiet=args.quiet,
+        command=shlex.join(["workbench", *sys.argv[1:]]), truncate=args.truncate, max_save_gib=args.max_save_gib,
     )
     out, meta = trace_job(cfg)
     print(format_summary(meta, out))
@@ -41,20 +47,20 @@ def run(args) -> int:
 
 
 def parse_params(items: list[str]) -> dict:
-    """``["retrieval.grid=quick", "sinks.epsilon=0.2"]`` -> {"retrieval": {"grid": "quick"}, ...}."""
-    import json
+    """``["retrieval.grid=quick", "sinks.epsilon=0.2"]`` -> {"retrieval": {"grid": "quick"}, ...};
+    values stay text, typed later by each analysis (``Analysis.parse_params(from_text=True)``)."""
+    from ..errors import UserError
 
     out: dict = {}
     for item in items:
         key, eq, value = item.partition("=")
         name, dot, param = key.partition(".")
-        if not (eq and dot and name and param):
-            raise ValueError(f"--param {item!r} is not ANALYSIS.KEY=VALUE, e.g. retrieval.grid=quick")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        out.setdefault(name, {})[param] = parsed
+        if not (eq and dot and name.strip() and param.strip()):
+            raise UserError(f"--param {item!r} is not ANALYSIS.KEY=VALUE, e.g. retrieval.grid=quick")
+        group = out.setdefault(name.strip(), {})
+        if param.strip() in group:
+            raise UserError(f"--param {name.strip()}.{param.strip()} is given twice")
+        group[param.strip()] = value
     return out
 
 

@@ -17,6 +17,9 @@ arrive in any order.
 temporary file and renamed, so a unit is either complete or absent) under a fingerprint of
 the sweep (model, inputs, metric, heads, method, ablation, direction); a rerun of the same
 sweep loads finished units instead of recomputing them, a different sweep refuses the folder.
+Each unit file records the seconds the unit took (safetensors metadata ``seconds``), so a
+resumed sweep can report the time of all its units. An executor with a ``resumed(n_reused,
+n_total, seconds)`` method is told, before it runs anything, how many units were reused.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
@@ -61,8 +65,19 @@ class Executor(Protocol):
 class InProcessExecutor:
     """Run units one after another in this process (optionally reporting progress)."""
 
-    def __init__(self, progress: Callable[[int, int, Unit], None] | None = None):
+    def __init__(self, progress: Callable[[int, int, Unit], None] | None = None,
+                 on_resume: Callable[[int, int, float], None] | None = None):
         self.progress = progress
+        self.on_resume = on_resume
+        self.reused, self.reused_seconds = 0, 0.0
+
+    def resumed(self, n_reused: int, n_total: int, seconds: float) -> None:
+        """Called by ``run_units``: ``n_reused`` of ``n_total`` units came from the store and
+        took ``seconds`` when they were computed."""
+        self.reused += n_reused
+        self.reused_seconds += seconds
+        if self.on_resume is not None:
+            self.on_resume(n_reused, n_total, seconds)
 
     def map(self, fn, units) -> Iterator[tuple[Unit, dict]]:
         for i, unit in enumerate(units):
@@ -74,6 +89,8 @@ class InProcessExecutor:
 class UnitStore:
     """Finished units of one sweep, kept in ``folder`` (created if needed).
 
+    Temporary files a killed writer left (``.<unit id>.*.tmp``) are removed on opening.
+
     Raises:
         ValueError: ``folder`` records a different sweep (another fingerprint).
     """
@@ -81,6 +98,8 @@ class UnitStore:
     def __init__(self, folder: str | os.PathLike, fingerprint: str):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        for tmp in self.folder.glob(".shard*.tmp"):
+            tmp.unlink(missing_ok=True)
         fp = self.folder / "sweep.json"
         if fp.is_file():
             have = json.loads(fp.read_text()).get("fingerprint")
@@ -102,13 +121,21 @@ class UnitStore:
 
         return load_file(str(self.path(unit)))
 
-    def save(self, unit: Unit, result: dict) -> None:
+    def seconds(self, unit: Unit) -> float:
+        """Seconds the stored unit took to compute (0 if not recorded)."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.path(unit)), framework="pt") as f:
+            return float((f.metadata() or {}).get("seconds", 0.0))
+
+    def save(self, unit: Unit, result: dict, seconds: float = 0.0) -> None:
         from safetensors.torch import save_file
 
         fd, tmp = tempfile.mkstemp(prefix=f".{unit.id}.", suffix=".tmp", dir=self.folder)
         os.close(fd)
         try:
-            save_file({k: v.detach().contiguous().cpu() for k, v in result.items()}, tmp)
+            save_file({k: v.detach().contiguous().cpu() for k, v in result.items()}, tmp,
+                      metadata={"seconds": repr(float(seconds))})
             os.replace(tmp, self.path(unit))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -121,15 +148,22 @@ def run_units(fn: Callable[[Unit], dict], units: Sequence[Unit], executor=None,
     executor = executor or InProcessExecutor()
     results: dict[Unit, dict] = {}
     todo = []
+    reused_s = 0.0
     for u in units:
         if store is not None and store.done(u):
             results[u] = store.load(u)
+            reused_s += store.seconds(u)
         else:
             todo.append(u)
+    if store is not None and hasattr(executor, "resumed"):
+        executor.resumed(len(units) - len(todo), len(units), reused_s)
+    t = time.perf_counter()
     for unit, res in executor.map(fn, todo):
+        now = time.perf_counter()
         if store is not None:
-            store.save(unit, res)
+            store.save(unit, res, seconds=now - t)
         results[unit] = res
+        t = time.perf_counter()
     missing = [u.id for u in units if u not in results]
     if missing:
         raise RuntimeError(f"the executor returned no result for units {missing[:5]}")

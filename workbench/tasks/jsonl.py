@@ -26,7 +26,9 @@ metric log p of the greedy transcript of the clean clip (see ``speech``); relati
 are taken from the file's folder.
 
 Every pair must tokenise to the same number of tokens (audio: the same duration); a bad
-line raises ValueError naming its line number.
+line raises ``workbench.errors.UserError`` naming its line number. ``check_pairs_file``
+checks what needs no model (readable UTF-8, one JSON object per line, the pair keys) so the
+CLI refuses a bad file before the model loads.
 """
 from __future__ import annotations
 
@@ -35,29 +37,61 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 from ..patching.metrics import CosineSimilarity, LogitDiff, LogProb, last_positions, mean_pool
 from ._task import Task
 
 
 def read_pairs(path: str | Path) -> list[dict]:
-    """Parse the JSONL file; ValueError naming the line for invalid JSON or non-objects."""
+    """Parse the JSONL file; UserError for a missing, unreadable or non-UTF-8 file and, naming
+    the line, for invalid JSON or non-objects."""
     path = Path(path)
+    if not path.exists():
+        raise UserError(f"pairs file {path} does not exist; give a .jsonl file of clean/corrupt pairs")
     if not path.is_file():
-        raise FileNotFoundError(f"pairs file {path} does not exist")
+        raise UserError(f"pairs file {path} is not a file; give a .jsonl file of clean/corrupt pairs")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"pairs file {path} cannot be read ({exc.strerror}); check its permissions") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"pairs file {path} is not UTF-8 text (byte {exc.start}); give a .jsonl file") from None
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+            raise UserError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
-            raise ValueError(f"{path}:{i}: expected a JSON object per line")
+            raise UserError(f"{path}:{i}: expected a JSON object per line")
         obj["_line"] = i
         rows.append(obj)
     if not rows:
-        raise ValueError(f"{path} holds no pairs")
+        raise UserError(f"{path} holds no pairs")
+    return rows
+
+
+def check_pairs_file(path: str | Path, n: int | None = None) -> list[dict]:
+    """``read_pairs`` plus, per line, the pair keys every model needs: ``clean``/``corrupt``
+    (text or token ids) or ``clean_audio``/``corrupt_audio`` (paths that exist), one form
+    throughout. Model-specific keys (target, reference) are checked by ``from_jsonl``.
+
+    Raises:
+        UserError: naming the file and line.
+    """
+    rows = read_pairs(path)[:n] if n else read_pairs(path)
+    audio = "clean_audio" in rows[0]
+    for r in rows:
+        if audio:
+            _need(r, ("clean_audio", "corrupt_audio"), path)
+            for k in ("clean_audio", "corrupt_audio"):
+                p = Path(r[k]) if Path(r[k]).is_absolute() else Path(path).parent / r[k]
+                if not p.is_file():
+                    raise UserError(f"{path}:{r['_line']}: {k} file {p} does not exist")
+        else:
+            _need(r, ("clean", "corrupt"), path, ids_ok=True)
     return rows
 
 
@@ -68,12 +102,16 @@ def _is_ids(v) -> bool:
 def _need(row: dict, keys: tuple, path, ids_ok: bool = False) -> None:
     miss = [k for k in keys if not ((isinstance(row.get(k), str) and row[k]) or (ids_ok and _is_ids(row.get(k))))]
     if miss:
-        raise ValueError(f"{path}:{row['_line']}: missing or empty {miss}; expected keys {list(keys)}")
+        raise UserError(f"{path}:{row['_line']}: missing or empty {miss}; expected keys {list(keys)}")
 
 
 def from_jsonl(model, path: str | Path, n: int | None = None) -> Task:
-    """Build a task from the pairs in ``path`` (first ``n`` lines with pairs if given)."""
-    rows = read_pairs(path)[:n] if n else read_pairs(path)
+    """Build a task from the pairs in ``path`` (first ``n`` lines with pairs if given).
+
+    Raises:
+        UserError: a bad file or line (naming it), or pairs that do not fit ``model``.
+    """
+    rows = check_pairs_file(path, n)
     if model.kind == "speech-seq2seq":
         return _audio(model, rows, Path(path))
     tok = model.tokenizer
@@ -81,14 +119,14 @@ def from_jsonl(model, path: str | Path, n: int | None = None) -> Task:
         _need(r, ("clean", "corrupt"), path, ids_ok=True)
     as_ids = _is_ids(rows[0]["clean"])
     if any(_is_ids(r[k]) != as_ids for r in rows for k in ("clean", "corrupt")):
-        raise ValueError(f"{path}: give every prompt as text or every prompt as a list of token ids, not a mix")
+        raise UserError(f"{path}: give every prompt as text or every prompt as a list of token ids, not a mix")
     if not as_ids and tok is None:
-        raise ValueError(f"{model.name} has no tokenizer: give prompts as lists of token ids")
+        raise UserError(f"{model.name} has no tokenizer: give prompts as lists of token ids")
     for r in rows:
         lc, lx = (len(r[k]) if as_ids else len(tok(r[k])["input_ids"]) for k in ("clean", "corrupt"))
         if lc != lx:
-            raise ValueError(f"{path}:{r['_line']}: clean has {lc} tokens but corrupt has {lx}; "
-                             "a pair must tokenise to the same length")
+            raise UserError(f"{path}:{r['_line']}: clean has {lc} tokens but corrupt has {lx}; "
+                            "a pair must tokenise to the same length")
     if as_ids:
         clean = model.prepare(token_ids=[r["clean"] for r in rows])
         corrupt = model.prepare(token_ids=[r["corrupt"] for r in rows])
@@ -98,7 +136,7 @@ def from_jsonl(model, path: str | Path, n: int | None = None) -> Task:
     meta = {"file": str(path), "pairs": [{k: v for k, v in r.items() if k != "_line"} for r in rows]}
     if model.kind == "encoder":
         if as_ids:
-            raise ValueError(f"{path}: sentence-encoder pairs are text with a 'reference' sentence")
+            raise UserError(f"{path}: sentence-encoder pairs are text with a 'reference' sentence")
         for r in rows:
             _need(r, ("clean", "corrupt", "reference"), path)
         ref = model.prepare([r["reference"] for r in rows])
@@ -108,13 +146,13 @@ def from_jsonl(model, path: str | Path, n: int | None = None) -> Task:
                     "cosine similarity to the reference sentence's embedding", meta)
     for r in rows:
         if not isinstance(r.get("target"), (str, int)) or r.get("target") == "":
-            raise ValueError(f"{path}:{r['_line']}: missing 'target' (text or a token id)")
+            raise UserError(f"{path}:{r['_line']}: missing 'target' (text or a token id)")
 
     def first(t):
         if isinstance(t, int):
             return t
         if tok is None:
-            raise ValueError(f"{model.name} has no tokenizer: give target/distractor as token ids")
+            raise UserError(f"{model.name} has no tokenizer: give target/distractor as token ids")
         return tok(t, add_special_tokens=False)["input_ids"][0]
 
     tgt = [first(r["target"]) for r in rows]
@@ -124,7 +162,7 @@ def from_jsonl(model, path: str | Path, n: int | None = None) -> Task:
         desc = "logit(target) - logit(distractor) at the last token"
     elif any("distractor" in r for r in rows):
         bad = next(r["_line"] for r in rows if "distractor" not in r)
-        raise ValueError(f"{path}:{bad}: give 'distractor' on every line or on none")
+        raise UserError(f"{path}:{bad}: give 'distractor' on every line or on none")
     else:
         metric, desc = LogProb(pos, tgt), "log p(target) at the last token"
     return Task(Path(path).name, clean, corrupt, metric, desc, meta)
@@ -137,11 +175,14 @@ def _audio(model, rows, path: Path) -> Task:
     waves, noisy, paths = [], [], []
     for r in rows:
         _need(r, ("clean_audio", "corrupt_audio"), path)
-        a, b = (load_audio(p if Path(p).is_absolute() else path.parent / p)
-                for p in (r["clean_audio"], r["corrupt_audio"]))
+        try:
+            a, b = (load_audio(p if Path(p).is_absolute() else path.parent / p)
+                    for p in (r["clean_audio"], r["corrupt_audio"]))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}:{r['_line']}: {exc}") from None
         if len(a) != len(b):
-            raise ValueError(f"{path}:{r['_line']}: clean and corrupt audio differ in length "
-                             f"({len(a) / 16000:.2f} s vs {len(b) / 16000:.2f} s)")
+            raise UserError(f"{path}:{r['_line']}: clean and corrupt audio differ in length "
+                            f"({len(a) / 16000:.2f} s vs {len(b) / 16000:.2f} s)")
         waves.append(a)
         noisy.append(b)
         paths.append(r["clean_audio"])
