@@ -39,9 +39,6 @@ class Model:
         self.family: Family = family_for(hf.config.model_type)
         self._parts = resolve(hf, self.family)
         self.sites: list[Site] = list(self._parts.sites)
-        # transition aliases for code not yet on the public accessors (attention_module, out_proj)
-        self._attn_modules = {s: self._parts.attn[s.key] for s in self.sites}
-        self._o_proj = dict(self._parts.o_proj)
         self._by_key = {s.key: s for s in self.sites}
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
@@ -86,8 +83,8 @@ class Model:
         if not dm:
             return []
         names = {id(m): n for n, m in self.hf.named_modules()}
-        return [s for s, m in self._attn_modules.items()
-                if _device.offloaded(_device.placed_on(names[id(m)], dm) or "cpu", dm)]
+        return [s for s in self.sites
+                if _device.offloaded(_device.placed_on(names[id(self._parts.attn[s.key])], dm) or "cpu", dm)]
 
     def site(self, stream: str, layer: int) -> Site:
         """The site at ``(stream, layer)``; ValueError naming the model's streams if absent."""
