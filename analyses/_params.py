@@ -127,9 +127,11 @@ def check(tp, meta: dict, v) -> tuple[bool, Any]:
     return bool(out), tuple(out)
 
 
-def convert_text(tp, v):
+def convert_text(tp, v, meta: Mapping | None = None):
     """Convert a value a person typed (a string, or a json-decoded value) towards ``tp``;
-    values that do not convert are returned unchanged (the type check then names them)."""
+    values that do not convert are returned unchanged (the type check then names them).
+    A list is json (``[256, 512]``) or comma-separated (``256,512``; for strings only when
+    the field has choices, so that free text may hold commas)."""
     base, optional = _split(tp)
     if v is None or (isinstance(v, str) and optional and v.strip().lower() in _NONE):
         return None
@@ -139,7 +141,8 @@ def convert_text(tp, v):
             try:
                 v = json.loads(v)
             except json.JSONDecodeError:
-                v = [x.strip() for x in v.split(",")] if el is not str else [v]
+                split = el is not str or (meta or {}).get("choices") is not None
+                v = [x.strip() for x in v.split(",")] if split else [v]
         if not isinstance(v, (list, tuple)):
             v = [v]
         return [convert_text(el, x) for x in v]
@@ -193,7 +196,8 @@ class Params(Mapping):
                             f"{', '.join(names) or 'none'}")
         if from_text:
             hints = typing.get_type_hints(cls)
-            values = {k: convert_text(hints[k], v) for k, v in values.items()}
+            meta = {f.name: f.metadata for f in fields(cls)}
+            values = {k: convert_text(hints[k], v, meta[k]) for k, v in values.items()}
         return cls(**values)
 
     @classmethod

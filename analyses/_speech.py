@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench.errors import UserError
+
 SAMPLE_RATE = 16000
 
 
@@ -23,18 +25,25 @@ def words_of(text: str) -> list[str]:
     return re.findall(r"[A-Za-z0-9']+", text)
 
 
+def espeak_ng() -> str | None:
+    """Path of the espeak-ng executable, or None when it is not installed (on PATH)."""
+    return shutil.which("espeak-ng")
+
+
 def synth_words(words: list[str], *, gap_s: float = 0.15, lead_s: float = 0.3, voice: str = "en-us",
                 speed: int = 160) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """(16 kHz mono float32 waveform, [(start_s, end_s)] per word).
+    """(16 kHz mono float32 waveform, [(start_s, end_s)] per word); ``voice`` and ``speed``
+    (words per minute) are espeak-ng's ``-v`` and ``-s``.
 
-    Raises FileNotFoundError when espeak-ng is not installed, ValueError for no words.
+    Raises FileNotFoundError when espeak-ng is not installed, UserError for an espeak-ng
+    voice that does not exist, ValueError for no words.
     """
     import soundfile
     import soxr
 
     if not words:
         raise ValueError("synth_words needs at least one word")
-    exe = shutil.which("espeak-ng")
+    exe = espeak_ng()
     if exe is None:
         raise FileNotFoundError("espeak-ng is not installed (apt-get install espeak-ng); it synthesises speech "
                                 "with known word times")
@@ -44,8 +53,12 @@ def synth_words(words: list[str], *, gap_s: float = 0.15, lead_s: float = 0.3, v
     with tempfile.TemporaryDirectory() as tmp:
         for i, w in enumerate(words):
             path = Path(tmp) / f"w{i}.wav"
-            subprocess.run([exe, "-v", voice, "-s", str(speed), "-w", str(path), w], check=True,
-                           capture_output=True)
+            done = subprocess.run([exe, "-v", voice, "-s", str(speed), "-w", str(path), w], capture_output=True,
+                                  text=True)
+            if done.returncode != 0 or not path.exists():
+                msg = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise UserError(f"espeak-ng could not synthesise with voice {voice!r}: {msg} "
+                                "(list the voices with `espeak-ng --voices`)")
             x, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
             x = soxr.resample(x[:, 0], rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
             loud = np.nonzero(np.abs(x) > 0.02 * np.abs(x).max())[0]

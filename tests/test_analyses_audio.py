@@ -87,3 +87,58 @@ def test_alignment_heads_recover_openai_heads(tiny):
     ours = set(res.summary["top_heads"])
     openai = {f"cross/{l}/{h}" for l, h in alignment.OPENAI_HEADS["tiny.en"]}
     assert len(ours & openai) >= 4                                   # chance: 8 * 8 / 24 = 2.7
+
+
+def _hide_espeak(monkeypatch):
+    import shutil
+
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "espeak-ng" else real(name, *a, **k))
+
+
+def test_alignment_without_espeak_uses_published_heads_and_times_words_within_the_speech(tiny, tmp_path,
+                                                                                        monkeypatch):
+    """A user's clip with 1.5 s of silence on both sides, on a machine without espeak-ng:
+    the analysis falls back to OpenAI's published heads, says so, and the words start after
+    the leading silence and end before the trailing one (before: 0 s and the clip's end)."""
+    import soundfile
+
+    from workbench.inputs import builtin_clips, load_audio
+
+    clip = [c for c in builtin_clips() if c.name == "speech_hello.wav"][0]   # "Hello, my name is John ..."
+    wave = load_audio(clip)
+    pad = np.zeros(int(1.5 * 16000), np.float32)
+    path = tmp_path / "padded.wav"
+    soundfile.write(path, np.concatenate([pad, wave, pad]), 16000)
+    batch = tiny.prepare_audio([load_audio(path)], paths=[str(path)])
+    _hide_espeak(monkeypatch)
+    res = alignment.ANALYSIS(tiny, batch)
+    published = [f"cross/{l}/{h}" for l, h in alignment.OPENAI_HEADS["tiny.en"]]
+    assert res.summary["heads_used"] == published
+    assert "published" in res.summary["heads_source"] and "espeak-ng is not installed" in res.summary["heads_source"]
+    t = res.table
+    assert t["alignment.published"].sum() == 8 and t["alignment.score"].isna().all()
+    wt = res.tables["word_times"]
+    assert [w.strip(",.").lower() for w in wt["word"]][:4] == ["hello", "my", "name", "is"]
+    duration = batch.items[0]["duration_s"]
+    assert wt["start_s"].min() >= 1.5 - 0.1                        # not 0 s
+    assert wt["end_s"].max() <= 1.5 + len(wave) / 16000 + 0.1       # not the clip's end
+    assert wt["end_s"].max() < duration - 1.2
+    assert (np.diff(wt["start_s"]) >= 0).all() and (wt["end_s"] >= wt["start_s"]).all()
+
+
+def test_alignment_head_choice_errors_before_compute(tiny, monkeypatch):
+    from tiny import tiny_hf
+
+    from workbench.errors import UserError
+
+    with pytest.raises(UserError, match="no parameter 'voices'"):
+        alignment.ANALYSIS(tiny, None, voices="en")
+    with pytest.raises(UserError, match="voice 'xx-no-such-voice'"):
+        alignment.ANALYSIS(tiny, None, voice="xx-no-such-voice", sentences=("hello",))
+    _hide_espeak(monkeypatch)
+    with pytest.raises(UserError, match="needs espeak-ng.*heads='published'"):
+        alignment.ANALYSIS(tiny, None, heads="scored")
+    random_whisper = wb.wrap(tiny_hf("whisper"))
+    with pytest.raises(UserError, match="espeak-ng is not installed and OpenAI published no alignment heads"):
+        alignment.ANALYSIS(random_whisper, None)

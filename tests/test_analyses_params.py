@@ -49,8 +49,14 @@ def test_text_values_are_converted_to_the_declared_types():
     assert all(isinstance(d, float) for d in r.depths)
     f = REG["flow"].parse_params({"allow_slow": "true", "streams": "self", "query": "null"}, from_text=True)
     assert (f.allow_slow, f.streams, f.query) == (True, ("self",), None)
-    al = REG["alignment"].parse_params({"sentences": "Hello there", "voice": "en-gb", "speed": "120"}, from_text=True)
-    assert (al.sentences, al.voice, al.speed) == (("Hello there",), "en-gb", 120)
+    f = REG["flow"].parse_params({"allow_slow": "False", "streams": "self, decoder", "max_work": "1e6"}, from_text=True)
+    assert (f.allow_slow, f.streams, f.max_work) == (False, ("self", "decoder"), 1e6)
+    t = REG["taxonomy"].parse_params({"retrieval_grid": "none"}, from_text=True)
+    assert t.retrieval_grid is None
+    al = REG["alignment"].parse_params({"sentences": "Hello, there", "voice": "en-gb", "speed": "120"}, from_text=True)
+    assert (al.sentences, al.voice, al.speed) == (("Hello, there",), "en-gb", 120)
+    al = REG["alignment"].parse_params({"sentences": '["One two", "Three"]', "heads": "published"}, from_text=True)
+    assert (al.sentences, al.heads) == (("One two", "Three"), "published")
 
 
 def _bad_values(f, tp) -> list:
