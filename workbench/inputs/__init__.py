@@ -1,5 +1,6 @@
-"""Inputs for attention analyses: prompt sets (natural text, random and repeated tokens),
-prompt files, audio loading at 16 kHz and bundled speech clips."""
+"""Inputs for attention analyses: prompt sets (natural text, random and repeated tokens,
+at an exact length after Gu et al. 2024), prompt files, audio loading at 16 kHz and
+bundled speech clips."""
 from __future__ import annotations
 
 from .audio import (
@@ -18,6 +19,7 @@ from .prompts import (
     read_prompt_file,
     repeated_token_ids,
 )
+from .sets import PromptSet, natural_texts, prompt_set
 
 __all__ = [
     "PROMPT_SETS",
@@ -25,6 +27,9 @@ __all__ = [
     "random_token_ids",
     "repeated_token_ids",
     "read_prompt_file",
+    "PromptSet",
+    "prompt_set",
+    "natural_texts",
     "SAMPLE_RATE",
     "DATA_DIR",
     "load_audio",
