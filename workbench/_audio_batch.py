@@ -44,7 +44,7 @@ def _whisper(model, waves, paths, transcripts) -> Batch:
     prompt = list(model.meta["prompt_ids"])
     eos = model.hf.config.eos_token_id
     if transcripts is None:
-        transcripts = whisper_greedy(model.hf, feats, prompt, eos)
+        transcripts = whisper_greedy(model.hf, feats.to(model.device), prompt, eos)
     seqs = [prompt + [t for t in tr if t != eos] for tr in transcripts]
     ids, mask = pad_ids(seqs, eos)
     items = []
@@ -73,7 +73,7 @@ def whisper_greedy(hf, feats: torch.Tensor, prompt: list[int], eos: int, max_new
     [batch, mel, 3000], using the HF model's own forward with its KV cache."""
     enc = hf.get_encoder()(feats).last_hidden_state
     b = feats.shape[0]
-    cur = torch.tensor([prompt] * b)
+    cur = torch.tensor([prompt] * b, device=enc.device)
     past = None
     out: list[list[int]] = [[] for _ in range(b)]
     done = torch.zeros(b, dtype=torch.bool)

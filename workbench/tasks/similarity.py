@@ -41,7 +41,7 @@ def similarity(model, n: int | None = None, seed: int = 0, items=ITEMS) -> Task:
     corrupt = model.prepare([x for _, x, _ in keep])
     ref = model.prepare([r for _, _, r in keep])
     with torch.no_grad():
-        emb = mean_pool(model.run(ref).output.last_hidden_state, ref.model_inputs["attention_mask"])
+        emb = mean_pool(model.run(ref).output.last_hidden_state, ref.model_inputs["attention_mask"]).cpu()
     metric = CosineSimilarity(clean.model_inputs["attention_mask"], emb)
     return Task("similarity", clean, corrupt, metric,
                 "cosine(mean-pooled input, paraphrase embedding); corrupt = one content word swapped",
