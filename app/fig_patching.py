@@ -29,13 +29,18 @@ def effect_heatmap(heads: pd.DataFrame, column: str, meta: dict | None = None) -
     return head_grid_figure(heads, column, meta=meta, scale=scale, title=label(column) + note)
 
 
-def position_figure(effects: np.ndarray, heads: list[str], tokens: list[str], *, title: str = "") -> go.Figure:
+def position_figure(effects: np.ndarray, heads: list[str], tokens: list[str], *, title: str = "",
+                    magnitude: bool = False) -> go.Figure:
     """Heatmap of patching effects ``[head, position]`` (rows named ``heads``, columns the
-    input's tokens), diverging around 0."""
+    input's tokens), diverging around 0; sequential from 0 when the effects are magnitudes
+    (an ``atp*`` run)."""
     lim = float(np.nanmax(np.abs(effects))) if effects.size else 1.0
+    scale = ({"colorscale": "Purples", "zmin": 0.0, "zmax": lim,
+              "colorbar": {"title": "effect<br>(magnitude,<br>unsigned)"}} if magnitude else
+             {"colorscale": "RdBu_r", "zmid": 0.0, "zmin": -lim, "zmax": lim,
+              "colorbar": {"title": "effect"}})
     fig = go.Figure(go.Heatmap(
-        z=effects, x=list(range(effects.shape[1])), y=list(range(len(heads))), colorscale="RdBu_r",
-        zmid=0.0, zmin=-lim, zmax=lim, colorbar={"title": "effect"},
+        z=effects, x=list(range(effects.shape[1])), y=list(range(len(heads))), **scale,
         customdata=np.array([[f"{h} · {t!r}" for t in tokens] for h in heads], dtype=object),
         hovertemplate="%{customdata}<br>effect %{z:.4g}<extra></extra>"))
     fig.update_xaxes(tickmode="array", tickvals=list(range(len(tokens))), ticktext=tokens, tickangle=-45,

@@ -13,7 +13,7 @@ from dash import Input, Output, State, dcc, html
 
 from ..components import control, dropdown, message
 from ..fig_patching import effect_heatmap, position_figure, prune_curve_figure, scatter_figure
-from ..metrics import effect_columns, exact_and_atp, heatmap_columns, label
+from ..metrics import MAGNITUDE, column_scale, effect_columns, exact_and_atp, heatmap_columns, label
 from ..run import Run, RunError
 from ..run_page import register_run_switch, run_page
 from ..view import current_store, input_options, pick_input
@@ -42,7 +42,8 @@ def position_view(store, run: Run, index: int, k: int = TOP_HEADS):
     tokens = run.tokens(index, rows[0][0][0]) if rows else None
     tokens = tokens[:n] if tokens else [str(j) for j in range(n)]
     z = np.stack([v[:len(tokens)] for _, v in rows]) if rows else np.zeros((0, 0))
-    fig = position_figure(z, ["/".join(map(str, key)) for key, _ in rows], tokens,
+    magnitude = column_scale("patch.effect", run.heads, run.meta) == MAGNITUDE   # an atp* run
+    fig = position_figure(z, ["/".join(map(str, key)) for key, _ in rows], tokens, magnitude=magnitude,
                           title=f"effect per query position · input {index} · top {len(rows)} heads by |effect|")
     return fig, None
 

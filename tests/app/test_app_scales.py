@@ -138,3 +138,40 @@ def test_patching_and_grid_pages_use_the_run_meta(tmp_path):
     assert scatter["layout"]["xaxis"]["title"]["text"] == "|patch: effect|"
     grid = render(client, "/grid", "?run=patched&metric=patch.effect")
     assert find(grid, "grid-heatmap")["props"]["figure"]["layout"]["coloraxis"]["cmid"] == 0
+
+
+def test_real_patch_run_exact_beside_atp_star(tmp_path):
+    """A real ``workbench patch --method exact,atp-star`` (tiny GPT-2): AtP* comes out >= 0
+    and is classified as a magnitude beside the signed exact effect, from the run's own
+    meta.json; the page draws them that way."""
+    from tiny import tiny_hf
+
+    from workbench.cli import main
+
+    tiny_hf("gpt2").save_pretrained(tmp_path / "tiny-gpt2")
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text("\n".join(json.dumps({"clean": [1, 2, 3, 9, 7], "corrupt": [1, 5, 3, 9, 7],
+                                           "target": 4, "distractor": 6}) for _ in range(2)))
+    runs = tmp_path / "runs"
+    assert main(["patch", str(tmp_path / "tiny-gpt2"), "--task", str(pairs), "--quiet",
+                 "--method", "exact,atp-star", "--out", str(runs / "both")]) == 0
+    meta = json.loads((runs / "both" / "meta.json").read_text())
+    heads = pd.read_parquet(runs / "both" / "heads.parquet")
+    assert meta["analyses"]["patch"]["method"] == "exact"
+    assert (heads["patch.effect_atp_star"] >= 0).all() and (heads["patch.effect"] < 0).any()
+    assert column_scale("patch.effect", heads, meta) == "signed"
+    assert column_scale("patch.effect_atp_star", heads, meta) == "magnitude"
+    client = create_app(runs).server.test_client()
+    page = render(client, "/patching", "?run=both")
+    scatter = find(page, "patching-scatter")["props"]["figure"]
+    assert scatter["layout"]["xaxis"]["title"]["text"] == "|patch: effect|"
+
+
+def test_per_position_magnitudes_are_sequential():
+    from workbench.app.fig_patching import position_figure
+
+    effects = np.abs(np.random.default_rng(0).normal(size=(3, 5)))
+    mag = position_figure(effects, ["a", "b", "c"], list("vwxyz"), magnitude=True).data[0]
+    assert mag.zmin == 0 and mag.zmid is None and "magnitude" in mag.colorbar.title.text
+    signed = position_figure(effects - 0.5, ["a", "b", "c"], list("vwxyz")).data[0]
+    assert signed.zmid == 0 and signed.zmin == -signed.zmax
