@@ -23,6 +23,7 @@ How it stays exact without re-implementing a model:
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -141,7 +142,7 @@ class Resumable:
 
         want = gather_positions(output_tensor(self.output, self.output_kind), self.pos)
         for sname in self.stacks:
-            with torch.no_grad():
+            with torch.no_grad(), self._edits_active():       # Whisper's tail runs the decoder: edits apply
                 got = self._tail(sname, self.final[sname], torch.arange(self.n))
             tol = 1e-4 * max(1.0, float(want.abs().max()))
             if got.shape != want.shape or float((got - want).abs().max()) > tol:
@@ -198,10 +199,23 @@ class Resumable:
         by_layer: dict[int, list] = {}
         for key, lo, hi, kind, t in patches:
             by_layer.setdefault(self.where[key][1], []).append((key, lo, hi, kind, t[:, start:]))
+        with self._edits_active():
+            return self._replay(st, sname, layers, rows, bounds, by_layer, src_inputs, start)
+
+    @contextmanager
+    def _edits_active(self):
+        """The base run's edits (e.g. heads ablated for denoising) apply to layers called inside."""
         from .. import _attention
         from ..trace import Tracer
 
         token = _attention.ACTIVE.set(Tracer(self.model, [], self.edits, {})) if self.edits else None
+        try:
+            yield
+        finally:
+            if token is not None:
+                _attention.ACTIVE.reset(token)
+
+    def _replay(self, st, sname, layers, rows, bounds, by_layer, src_inputs, start) -> torch.Tensor:
         hooks: list = []
         hidden, active = None, 0
         try:
@@ -230,8 +244,6 @@ class Resumable:
         finally:
             for h in hooks:
                 h.remove()
-            if token is not None:
-                _attention.ACTIVE.reset(token)
 
     def _prefix_cache(self, rows: torch.Tensor, p: int, only: int | None = None):
         """Clean keys/values of positions < p for inputs ``rows``, every layer or only layer ``only``."""
