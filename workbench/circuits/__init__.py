@@ -12,13 +12,15 @@ one table in ``_parts.py``, the only place that looks at a family name.
 
     dla.dla(model, batch, metric)            direct logit attribution per component and per key position
     direct_patch.dla_patch(...)              ``workbench patch --method dla``: direct-path effect of a patch
+    composition.composition(model)           Q/K/V composition scores of every head pair, weights only
     decompose.components(clean, site, pos)   the residual stream as a sum of upstream components
 
 Shared machinery: ``_capture.record`` (one recorded forward: residuals, z, q/k/v, norm
 inputs) and ``_capture.NormLin`` (a norm linearised at the clean run).
 """
+from .composition import composition
 from .decompose import Component, components
 from .direct_patch import dla_patch
 from .dla import DLAResult, Readout, dla, readout
 
-__all__ = ["Component", "DLAResult", "Readout", "components", "dla", "dla_patch", "readout"]
+__all__ = ["Component", "DLAResult", "Readout", "components", "composition", "dla", "dla_patch", "readout"]
