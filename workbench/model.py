@@ -75,6 +75,12 @@ class Model:
         return _device.module_device_map(self.hf)
 
     @property
+    def placement(self) -> dict:
+        """Where the model runs, for run folders (json): ``device``, ``dtype``, ``device_map``."""
+        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+                "device_map": self.device_map}
+
+    @property
     def offloaded(self) -> list[Site]:
         """Sites whose attention weights are offloaded (on ``"disk"``, or on the CPU while the
         model computes on a GPU): accelerate streams them in for every forward, so they are

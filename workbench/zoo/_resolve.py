@@ -128,15 +128,15 @@ def check_hub(repo: str) -> None:
                         "(no network?); give a local folder or a built-in name (`workbench models`)")
 
 
-def load_checked(name: str, *, quiet: bool = True, need_tokenizer: bool = False):
-    """``check_source`` then ``zoo.load``; a model that does not load for a reason the user
-    can act on (unsupported architecture, unknown name) is a UserError."""
+def load_checked(name: str, *, quiet: bool = True, need_tokenizer: bool = False, device=None, dtype=None):
+    """``check_source`` then ``zoo.load`` (on ``device`` in ``dtype``); a model that does not
+    load for a reason the user can act on (unsupported architecture, unknown name) is a UserError."""
     from ..adapters import UnsupportedModelError
     from . import load
 
     check_source(name, need_tokenizer=need_tokenizer)
     try:
-        return load(name, quiet=quiet)
+        return load(name, quiet=quiet, device=device, dtype=dtype)
     except UnsupportedModelError as exc:
         raise UserError(str(exc)) from None
     except ValueError as exc:
