@@ -12,24 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from clirun import cli, one_line_error
 from workbench import runs
 from workbench.errors import UserError
 
 HEADS = pd.DataFrame({"stream": ["self"], "layer": [0], "head": [0], "m.x": [1.0]})
-
-
-def cli(capsys, *args):
-    from workbench.cli import main
-
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
-
-
-def one_line_error(code, err, *needles):
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("workbench: error:"), err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def snapshot(folder: Path) -> dict:

@@ -51,7 +51,8 @@ def _wait_for_reader(fifo: Path, proc, timeout=120.0) -> int:
     raise AssertionError("the CLI never opened the prompt file")
 
 
-def test_sigterm_to_the_cli_gives_one_line_and_exit_143(tmp_path):
+@pytest.mark.parametrize("sig,code,why", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+def test_a_signal_to_the_cli_gives_one_line_and_its_exit_status(tmp_path, sig, code, why):
     fifo = tmp_path / "prompts.txt"
     os.mkfifo(fifo)
     out = tmp_path / "run"
@@ -59,13 +60,12 @@ def test_sigterm_to_the_cli_gives_one_line_and_exit_143(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     fd = _wait_for_reader(fifo, proc)
     try:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         os.close(fd)
-    assert proc.returncode == 143, err
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert lines == ["workbench: interrupted (SIGTERM); nothing was written"], err
+    assert proc.returncode == code, err
+    assert [l for l in err.splitlines() if l.strip()] == [f"workbench: interrupted ({why}); nothing was written"], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt"]
 
 
@@ -117,15 +117,31 @@ def test_sigterm_during_patch_keeps_units_and_the_rerun_reuses_them(tmp_path):
     assert not units.exists()
 
 
-def test_sigint_keeps_exit_130(tmp_path):
-    fifo = tmp_path / "prompts.txt"
-    os.mkfifo(fifo)
-    proc = subprocess.Popen([WORKBENCH, "run", "minilm-l6", "--prompts", str(fifo), "--out", str(tmp_path / "r")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    fd = _wait_for_reader(fifo, proc)
-    try:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        os.close(fd)
-    assert proc.returncode == 130 and err.strip() == "workbench: interrupted (Ctrl-C); nothing was written", err
+def test_interrupted_prune_keeps_its_patching_units_and_the_rerun_reuses_them(tmp_path, capsys, monkeypatch):
+    import workbench.analyses.pruning as pruning
+    from clirun import cli
+    from tiny import tiny_hf
+
+    tiny_hf("gpt2").save_pretrained(tmp_path / "tiny-gpt2")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps({"clean": [1, 2, 3, 9], "corrupt": [1, 5, 3, 9], "target": 4,
+                                            "distractor": 6}) for _ in range(2)))
+    args = ["prune", tmp_path / "tiny-gpt2", "--task", pairs, "--step", "0.5", "--seeds", "1", "--out", tmp_path / "q"]
+    real = pruning.prune
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt          # Ctrl-C after the patching sweep, during the pruning curves
+
+    monkeypatch.setattr(pruning, "prune", interrupted)
+    capsys.readouterr()
+    code, err = cli(capsys, *args)
+    assert code == 130 and "rerun the same command to resume" in err.strip().splitlines()[-1], err
+    units = tmp_path / ".q.units" / "patching"
+    n = len(list(units.glob("shard*.safetensors")))
+    assert n == 2                                               # one unit per layer (site) of the tiny model
+    monkeypatch.setattr(pruning, "prune", real)
+    code, err = cli(capsys, *args)
+    assert code == 0, err
+    assert f"resuming: {n} of {n} units reused" in err
+    meta = json.loads((tmp_path / "q" / "meta.json").read_text())
+    assert meta["analyses"]["prune"]["units_reused"] == n and not (tmp_path / ".q.units").exists()

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from clirun import cli, one_line_error
 from workbench.errors import UserError
 
 
@@ -21,22 +22,6 @@ def no_load(monkeypatch):
         raise AssertionError("the model was loaded before the bad argument was refused")
 
     monkeypatch.setattr(workbench.zoo, "load", forbidden)
-
-
-def cli(capsys, *args):
-    from workbench.cli import main
-
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
-
-
-def one_line_error(code, err, *needles):
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("workbench: error:"), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.mark.parametrize("args,needles", [

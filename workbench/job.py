@@ -28,7 +28,14 @@ PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pand
 @dataclass
 class JobConfig:
     """What to run. ``prompts``: natural | random | repeated | a file path; ``audio``:
-    audio files (empty = the bundled speech clips for audio models)."""
+    audio files (empty = the bundled speech clips for audio models); ``params``: {analysis:
+    {name: value}}, checked by each analysis' ``parse_params``; ``truncate``: cut inputs longer
+    than the model's context (``max_position_embeddings``) instead of refusing them;
+    ``max_save_gib``: refuse before tracing when keeping the patterns of ``save_patterns``
+    inputs would take more (``_budget.pattern_bytes``).
+
+    Raises:
+        UserError: a count out of range (naming the argument)."""
 
     model: str
     out: Path
