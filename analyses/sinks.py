@@ -119,6 +119,9 @@ def _run(ctx: Context) -> Result:
     summary = {
         "sink_rate_percent": {k: round(v, 2) for k, v in sink_rate(table).items()},
         "sink_head_rule": f"alpha1 > {p.epsilon:g} on more than half of the inputs (sinks.is_sink)",
+        # Gu et al.'s published figure: the per-input indicator averaged over inputs and heads
+        "per_input_rate_percent": {s: round(100.0 * g["sinks.sink_frac"].mean(), 2)
+                                   for s, g in table.groupby("stream")},
         "strongest": [{"head": f"{r['stream']}/{r['layer']}/{r['head']}", "alpha1": round(r["sinks.alpha1"], 4)}
                       for _, r in strongest.iterrows()],
     }

@@ -146,3 +146,5 @@ def test_sinks_summary_rate_is_the_mean_of_is_sink():
         is_sink = res.table["sinks.is_sink"]
         assert res.summary["sink_rate_percent"]["self"] == round(100 * is_sink.mean(), 2)
         assert "more than half" in res.summary["sink_head_rule"]
+        frac = res.table["sinks.sink_frac"]
+        assert res.summary["per_input_rate_percent"]["self"] == pytest.approx(100 * frac.mean(), abs=0.006)
