@@ -71,7 +71,7 @@ def _expand(x, rows: torch.Tensor, n: int, cache):
     if isinstance(x, Cache):
         return cache
     if torch.is_tensor(x):
-        return x.index_select(0, rows) if x.dim() >= 2 and x.shape[0] == n else x
+        return x.index_select(0, rows.to(x.device)) if x.dim() >= 2 and x.shape[0] == n else x
     if isinstance(x, (tuple, list)):
         return type(x)(_expand(v, rows, n, cache) for v in x)
     if isinstance(x, dict):
@@ -135,7 +135,7 @@ class Resumable:
         self.kv = getattr(trace.output, "past_key_values", None) if self.suffix_ok else None
         for key, z in self.z.items():   # premise of the o_proj identity: its input is concat_h z_h
             x = oin[key]
-            if x.shape != (*z.shape[:2], z.shape[2] * z.shape[3]) or not torch.equal(x, z.reshape(x.shape)):
+            if x.shape != (*z.shape[:2], z.shape[2] * z.shape[3]) or not torch.equal(x, z.reshape(x.shape).to(x.device)):
                 raise RuntimeError(f"site {key}: the output projection's input is not concat_h z_h; the "
                                    "rank-d_head patch identity does not hold here, use method='naive'")
         from .metrics import output_tensor
@@ -145,7 +145,7 @@ class Resumable:
             with torch.no_grad(), self._edits_active():       # Whisper's tail runs the decoder: edits apply
                 got = self._tail(sname, self.final[sname], torch.arange(self.n))
             tol = 1e-4 * max(1.0, float(want.abs().max()))
-            if got.shape != want.shape or float((got - want).abs().max()) > tol:
+            if got.shape != want.shape or float((got.to(want.device) - want).abs().max()) > tol:
                 raise RuntimeError(f"fast path: the output head after {sname} does not reproduce the model "
                                    f"output ({self.model.family.name}); use method='naive'")
 
@@ -155,8 +155,8 @@ class Resumable:
         st = self.stacks[sname]
         if st.kind == "seq2seq-encoder":
             mi = self.batch.model_inputs
-            dmask = mi["decoder_attention_mask"][rows] if "decoder_attention_mask" in mi else None
-            dec = self.model.hf.get_decoder()(input_ids=mi["decoder_input_ids"][rows], attention_mask=dmask,
+            dmask = mi["decoder_attention_mask"][rows].to(hidden.device) if "decoder_attention_mask" in mi else None
+            dec = self.model.hf.get_decoder()(input_ids=mi["decoder_input_ids"][rows].to(hidden.device), attention_mask=dmask,
                                encoder_hidden_states=st.spec.final_norm(hidden), use_cache=False)
             h = gather_positions(dec.last_hidden_state, self.pos[rows])      # the decoder's final norm applied
             return self.model.unembed(h) if self.output_kind == "logits" else h
@@ -223,7 +223,7 @@ class Resumable:
                 args, kwargs = src_inputs[(sname, j)]
                 if j in bounds:
                     lo, hi = bounds[j]
-                    new = _first_hidden(args, kwargs).index_select(0, rows[lo:hi])
+                    new = _expand(_first_hidden(args, kwargs), rows[lo:hi], self.n, None)
                     hidden = new if hidden is None else torch.cat([hidden, new])
                     active = hi
                 for key, lo, hi, kind, t in by_layer.get(j, []):
@@ -239,7 +239,7 @@ class Resumable:
                 while hooks:
                     hooks.pop().remove()
             if start > 0:
-                hidden = torch.cat([self.final[sname].index_select(0, rows)[:, :start], hidden], dim=1)
+                hidden = torch.cat([_expand(self.final[sname], rows, self.n, None)[:, :start].to(hidden.device), hidden], dim=1)
             return self._tail(sname, hidden, rows)
         finally:
             for h in hooks:
@@ -249,7 +249,8 @@ class Resumable:
         """Clean keys/values of positions < p for inputs ``rows``, every layer or only layer ``only``."""
         from transformers.cache_utils import DynamicCache
 
-        data = [(lay.keys[:, :, :p].index_select(0, rows), lay.values[:, :, :p].index_select(0, rows))
+        data = [(lay.keys[:, :, :p].index_select(0, rows.to(lay.keys.device)),
+                 lay.values[:, :, :p].index_select(0, rows.to(lay.keys.device)))
                 if only is None or j == only else (None, None) for j, lay in enumerate(self.kv.layers)]
         return DynamicCache(ddp_cache_data=data)
 
@@ -284,13 +285,13 @@ def _patch_hook(o_proj, lo: int, hi: int, kind: str, t: torch.Tensor):
     if kind == "z":
         def pre(mod, args):
             x = args[0].clone()
-            x[lo:hi] = t.to(x.dtype)
+            x[lo:hi] = t.to(x.device, x.dtype)
             return (x, *args[1:])
         return o_proj.register_forward_pre_hook(pre)
 
     def post(mod, args, out):
         out = out.clone()
-        out[lo:hi] = (out[lo:hi].to(t.dtype) + t).to(out.dtype)
+        out[lo:hi] = (out[lo:hi].to(t.dtype) + t.to(out.device)).to(out.dtype)
         return out
     return o_proj.register_forward_hook(post)
 
