@@ -31,7 +31,9 @@ def safe(build: Callable[..., tuple], *args, view: dict | None = None) -> tuple[
         return [message(str(exc))], dict(view or {})
     except Exception as exc:  # noqa: BLE001 - the page must survive any one bad run
         log.exception("could not build %s", getattr(build, "__qualname__", build))
-        return [message(f"could not draw this view: {type(exc).__name__}: {exc}")], dict(view or {})
+        text = f"could not draw this view: {type(exc).__name__}: {exc}"
+        store = next((a for a in args if isinstance(a, RunStore)), None)
+        return [message(store.clean(text) if store else text)], dict(view or {})
 
 
 def attempt(read: Callable, *args, default=None) -> tuple:
