@@ -139,6 +139,16 @@ def test_odd_routes_never_500(fuzz_app, path):
     assert b"root:" not in r.data and b"Traceback" not in r.data
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
+@pytest.mark.parametrize("path", ["/", "/grid?run=smol", "/download/smol/heads.csv",
+                                  "/media/whisper/audio/0.wav", "/_dash-layout",
+                                  "/_dash-update-component", "/download/smol/report.md"])
+def test_other_methods_never_500(fuzz_app, method, path):
+    client, _ = fuzz_app
+    r = client.open(path, method=method, data=b"\x00garbage")
+    assert r.status_code < 500, (method, path, r.status_code)
+
+
 SEARCHES = ["?run=smol&run=whisper", "?layer=" + "9" * 400, "?run=..%2F..%2Fetc%2Fpasswd",
             "?run=%00", "?input=-1&head=1e9", "?metric=../../x&compare=../../etc",
             "?stream=%F0%9F%92%A9&layer=-1", "?" + "&".join(f"k{i}=v" for i in range(300))]
