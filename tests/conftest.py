@@ -11,6 +11,13 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
+# ``python -m pytest`` puts the working directory (the repository root) first on sys.path, which
+# would make the card's top-level folders (analyses/, app/, cuda/) importable under names the
+# installed package does not have. Tests import ``workbench.analyses`` / ``workbench.app``;
+# drop the root so a stray ``import analyses`` fails here as it does for users
+# (tests/test_hygiene.py checks it).
+sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != ROOT]
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from analyses import Context, alignment, encoder_heads
-from analyses._speech import synth_words, words_of
+from workbench.analyses import Context, alignment, encoder_heads
+from workbench.analyses._speech import synth_words, words_of
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import workbench as wb
-from analyses import Context, act, faithfulness
+from workbench.analyses import Context, act, faithfulness
 from workbench.inputs import natural_passages
 
 

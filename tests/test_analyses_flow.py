@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import workbench as wb
-from analyses import Context
-from analyses import flow as flow_mod
-from analyses import rollout as rollout_mod
-from analyses.flow import flow
-from analyses.rollout import layer_means, residual_matrices, rollout
+from workbench.analyses import Context
+from workbench.analyses import flow as flow_mod
+from workbench.analyses import rollout as rollout_mod
+from workbench.analyses.flow import flow
+from workbench.analyses.rollout import layer_means, residual_matrices, rollout
 
 
 def _random_a_hat(n_layers: int, t: int, seed: int, causal: bool) -> torch.Tensor:

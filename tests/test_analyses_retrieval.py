@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import workbench as wb
-from analyses import Context, kv_plan, retrieval
-from analyses._niah import NEEDLES, Needle, build_prompt, rouge1_recall
+from workbench.analyses import Context, kv_plan, retrieval
+from workbench.analyses._niah import NEEDLES, Needle, build_prompt, rouge1_recall
 from workbench.inputs import natural_passages
 
 

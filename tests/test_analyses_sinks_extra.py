@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 import workbench as wb
-from analyses import Context, registry
-from analyses import hidden_sinks, massive, taxonomy
+from workbench.analyses import Context, registry
+from workbench.analyses import hidden_sinks, massive, taxonomy
 from workbench.inputs import natural_passages
 
 

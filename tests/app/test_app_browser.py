@@ -7,12 +7,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pandas as pd
 import pytest
-
-pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
-
-from _browser import (click_cell, console_errors, errors_on_page, open_page, shot,  # noqa: E402
-                      text_of, wait)
-from selenium.webdriver.common.by import By  # noqa: E402
+from _browser import click_cell, console_errors, errors_on_page, open_page, shot, text_of, wait
+from selenium.webdriver.common.by import By      # the 'dev' extra; missing = failure, not a skip
 
 PAGES = [
     ("runs", "/", ()),
@@ -36,20 +32,17 @@ def _query(drv) -> dict:
 @pytest.mark.parametrize("name, path, graphs", PAGES, ids=[p[0] for p in PAGES])
 def test_every_page_renders(browser, live_server, name, path, graphs):
     console_errors(browser)                                  # start from an empty console log
-    seconds = open_page(browser, live_server + path, *graphs)
+    open_page(browser, live_server + path, *graphs)          # load time: benchmarks/dashboard_load.py
     assert errors_on_page(browser) == []
     assert console_errors(browser) == []     # e.g. no script refused by the security policy
     shot(browser, name)
-    assert seconds < 15, f"{name} took {seconds:.1f} s"
 
 
 def test_whisper_1500_frame_encoder_stays_responsive(browser, live_server):
-    seconds = open_page(browser, live_server + "/detail?run=whisper-long&stream=encoder"
-                        "&layer=2&head=1", "#detail-graph")
+    open_page(browser, live_server + "/detail?run=whisper-long&stream=encoder&layer=2&head=1", "#detail-graph")
     assert errors_on_page(browser) == []
     assert "max-pooled ×5" in text_of(browser, "#detail-graph")
     shot(browser, "detail-whisper-1500-frames")
-    assert seconds < 10, f"1500-frame encoder head took {seconds:.1f} s to show"
     audio = browser.find_element(By.ID, "detail-audio")
     assert audio.get_attribute("src").endswith("/media/whisper-long/audio/0.wav")
     duration = wait(browser, lambda d: d.execute_script(

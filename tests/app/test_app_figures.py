@@ -100,22 +100,18 @@ def test_pattern_figure_text_tokens_and_summaries(store):
 
 
 def test_pattern_figure_whisper_1500_frames_is_pooled_and_small(store):
-    import time
-
     run = store.run("whisper-long")
     q, k = run.axes("encoder", 0)
-    t0 = time.perf_counter()
     p = store.pattern("whisper-long", "encoder", 0, 0, 1)
     fig = pattern_figure(p, q, k, mel=store.mel("whisper-long", 0), title="enc")
     payload = fig.to_json()
-    elapsed = time.perf_counter() - t0
     heat = _heatmaps(fig)[0]
     assert np.asarray(heat.z).shape == (300, 300)  # 1500 frames max-pooled by 5
     assert heat.x[-1] == pytest.approx(1495 * 0.02) and "max-pooled ×5" in fig.layout.title.text
     assert np.asarray(heat.z).max() == pytest.approx(p.max(), rel=1e-6)
     mel = [h for h in _heatmaps(fig) if h.name == "log-mel"][0]
     assert np.asarray(mel.z).shape[0] == 80 and mel.x[-1] < 30.0
-    assert len(payload) < 3_000_000 and elapsed < 3.0, (len(payload), elapsed)
+    assert len(payload) < 3_000_000, len(payload)         # load time: benchmarks/dashboard_load.py
 
 
 def test_pattern_figure_cross_has_tokens_and_seconds(store):

@@ -24,7 +24,7 @@ def speech_run(tmp_path_factory):
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
     import soundfile
 
-    from analyses._speech import synth_words
+    from workbench.analyses._speech import synth_words
 
     root = tmp_path_factory.mktemp("timing-runs")
     wave, truth = synth_words(WORDS)
