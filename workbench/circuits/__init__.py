@@ -7,11 +7,12 @@ reductions of a trace (patterns, statistics) to per-head tables; circuit analyse
 model's internals during a forward (every layer's residual, the norms' inputs, queries and
 keys) and its weights, as the patching engine does. They use ``Model``'s public accessors
 (stacks, out_proj, W_Q..W_O, final norm, unembedding); the few facts the accessors do not
-give yet (norm in front of each attention, post-norms, rotary, Whisper's q prescaling) are
+give yet (norm in front of each attention, post-norms, rotary) are
 one table in ``_parts.py``, the only place that looks at a family name.
 
     dla.dla(model, batch, metric)            direct logit attribution per component and per key position
     direct_patch.dla_patch(...)              ``workbench patch --method dla``: direct-path effect of a patch
+    path_patching.path_patching(...)         sender -> receiver effects through q, k or v (Wang et al. 2022)
     composition.composition(model)           Q/K/V composition scores of every head pair, weights only
     decompose.components(clean, site, pos)   the residual stream as a sum of upstream components
 
@@ -22,5 +23,7 @@ from .composition import composition
 from .decompose import Component, components
 from .direct_patch import dla_patch
 from .dla import DLAResult, Readout, dla, readout
+from .path_patching import PathResult, path_patching, top_receivers
 
-__all__ = ["Component", "DLAResult", "Readout", "components", "composition", "dla", "dla_patch", "readout"]
+__all__ = ["Component", "DLAResult", "Readout", "components", "composition", "dla", "dla_patch", "path_patching",
+           "PathResult", "readout", "top_receivers"]

@@ -2,7 +2,7 @@
 
 ``Model`` names the layer stacks, attention modules, output projections, per-head
 W_Q/W_K/W_V/W_O and biases, the final norm and the unembedding (``adapters.FAMILIES``).
-Decomposing the residual stream and the attention scores needs four more facts per
+Decomposing the residual stream and the attention scores needs three more facts per
 family, kept here in ``EXTRA`` (the only place ``workbench.circuits`` looks at a family
 name; meant to move into ``adapters.Family``):
 
@@ -11,9 +11,9 @@ name; meant to move into ``adapters.Family``):
 - ``post_norms``: norms applied to the residual inside a layer, in order (BERT: after the
   attention, after the MLP);
 - ``rotary``: queries and keys get the rotate-half rotary of the ``position_embeddings``
-  (cos, sin) the attention module is called with (Llama-like);
-- ``q_prescaled``: the module multiplies q by its ``scaling`` before the attention call
-  (Whisper), so that factor belongs to the query.
+  (cos, sin) the attention module is called with (Llama-like).
+
+(Whisper's pre-scaling of q by d_head^-0.5 is inside ``Model.W_Q`` / ``b_Q`` already.)
 
 Every family listed here also has the property the decompositions rely on: the output
 projection's output is added to the residual as is (no norm after the attention output,
@@ -34,7 +34,6 @@ class Extra:
     attn_norm: dict = field(default_factory=dict)
     post_norms: tuple = ()
     rotary: bool = False
-    q_prescaled: bool = False
 
 
 EXTRA = {
@@ -42,7 +41,7 @@ EXTRA = {
     "gpt2": Extra({"self": "ln_1"}),
     "bert": Extra({}, post_norms=("attention.output.LayerNorm", "output.LayerNorm")),
     "whisper": Extra({"encoder": "self_attn_layer_norm", "decoder": "self_attn_layer_norm",
-                      "cross": "encoder_attn_layer_norm"}, q_prescaled=True),
+                      "cross": "encoder_attn_layer_norm"}),
 }
 
 
@@ -71,7 +70,8 @@ def post_norms(model, stack, layer: int) -> list[torch.nn.Module]:
 def qkv(model, site: Site) -> dict:
     """Per-head float64 weights of a site: W_Q [head, d_model, d_head], b_Q [head, d_head],
     W_K, W_V [kv_head, d_model, d_head], b_K, b_V [kv_head, d_head] (zeros where the model
-    has no bias) and ``q_scale`` (module docstring)."""
+    has no bias): q_h = x @ W_Q[h] + b_Q[h] is the query the attention function receives,
+    before rotary."""
     s, l = site.stream, site.layer
     out = {}
     for name, w, b in (("Q", model.W_Q(s, l), model.b_Q(s, l)), ("K", model.W_K(s, l), model.b_K(s, l)),
@@ -79,7 +79,6 @@ def qkv(model, site: Site) -> dict:
         out[f"W_{name}"] = w.detach().double()
         out[f"b_{name}"] = torch.zeros(w.shape[0], w.shape[2], dtype=torch.float64) if b is None \
             else b.detach().double()
-    out["q_scale"] = float(model.attention_module(s, l).scaling) if extra(model).q_prescaled else 1.0
     return out
 
 
