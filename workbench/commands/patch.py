@@ -10,6 +10,7 @@ effect tensor, per-pair effects and, with ``--per-position``, effects per positi
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 from ._task_args import (add_task_args, at_least, base_meta, check_task_args, executor, load_task, remove_units,
@@ -20,8 +21,13 @@ def register(sub) -> None:
     p = sub.add_parser("patch", help="activation patching of every head on a task (exact, AtP, AtP*)")
     add_task_args(p)
     p.add_argument("--method", default="exact",
-                   help="exact | naive | atp | atp-star, or several comma-separated (the first fills "
-                        "patch.effect; default exact)")
+                   help="exact | naive | atp | atp-star | atp-star-verified, or several comma-separated (the "
+                        "first fills patch.effect; default exact)")
+    p.add_argument("--verify-k", type=int, default=40,
+                   help="atp-star-verified: heads with the largest AtP* score patched exactly (default 40)")
+    p.add_argument("--verify-sample", type=int, default=20,
+                   help="atp-star-verified: other heads drawn at random and patched exactly to estimate the "
+                        "false negatives (default 20)")
     p.add_argument("--ablation", default="resample", choices=("zero", "mean", "resample"),
                    help="what is patched in (default resample: the paired input's activations)")
     p.add_argument("--direction", default="noising", choices=("noising", "denoising"),
@@ -39,12 +45,16 @@ def run(args) -> int:
     from ..patching import METHODS, patch
     from ..circuits.direct_patch import dla_patch      # --method dla: direct-path effects, one pass
     from ..patching.engine import _ALIASES
+    from ..patching.verified import NAME as VERIFIED, STORES, false_negative_summary, verified_patch
     from ..runs import save_run
 
     methods = [_ALIASES.get(m.strip(), m.strip()) for m in args.method.split(",") if m.strip()]
-    bad = [m for m in methods if m not in (*METHODS, "dla")]
+    bad = [m for m in methods if m not in (*METHODS, "dla", VERIFIED)]
     if not methods or bad:
-        raise UserError(f"unknown method(s) {bad or args.method!r}; use exact, naive, atp, atp-star, dla")
+        raise UserError(f"unknown method(s) {bad or args.method!r}; use exact, naive, atp, atp-star, "
+                        "atp-star-verified, dla")
+    if VERIFIED in methods and (args.verify_k < 1 or args.verify_sample < 0):
+        raise UserError(f"--verify-k must be >= 1 and --verify-sample >= 0 (got {args.verify_k}, {args.verify_sample})")
     at_least(args.shard_size, "--shard-size", 1)
     if args.units and Path(args.units).exists() and not Path(args.units).is_dir():
         raise UserError(f"--units {args.units} is a file; give a folder for the finished work units")
@@ -63,6 +73,9 @@ def run(args) -> int:
                       file=sys.stderr)
             ex = executor(args.quiet)
             run_one = dla_patch if m == "dla" else patch
+            if m == VERIFIED:
+                run_one = partial(verified_patch, k=args.verify_k, sample=args.verify_sample,
+                                  top=min(20, args.verify_k))
             res = run_one(model, task.clean, task.metric, corrupt=task.corrupt, method=m, ablation=args.ablation,
                         direction=args.direction, per_position=args.per_position, shard_size=args.shard_size,
                         update=args.update, executor=ex, store=str(units))
@@ -86,8 +99,12 @@ def run(args) -> int:
     for r, _ in results[1:]:
         tensors[f"patch_{r.method.replace('*', '_star')}"] = r.tensors()
     save_run(out, table, meta, tensors, force=args.force)
-    remove_units(units_root, [m.replace("*", "_star") for m in methods])
+    remove_units(units_root, [f"{m.replace('*', '_star')}/{s}" for m in methods if m == VERIFIED for s in STORES]
+                 + [m.replace("*", "_star") for m in methods])
     print(summary(main, task, out))
+    for r, _ in results:
+        if r.method == VERIFIED and not args.quiet:
+            print("  " + false_negative_summary(r.verification))
     return 0
 
 

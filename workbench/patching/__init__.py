@@ -7,17 +7,19 @@
     res.tensor()     # [stream, layer, head]
 
 Definitions in ``engine`` (what is patched into what), ``fast`` (the exact fast path),
-``naive`` (the one-forward-per-head reference), ``atp`` (AtP, AtP*), ``units`` (work units,
-executors, the record of finished units).
+``naive`` (the one-forward-per-head reference), ``atp`` (AtP, AtP*), ``verified`` (AtP* top K
+patched exactly, with a false-negative estimate), ``units`` (work units, executors, the record
+of finished units).
 """
 from . import metrics
 from .engine import ABLATIONS, DIRECTIONS, METHODS, PatchConfig, Sweep, patch
 from .metrics import KL, CosineSimilarity, LogitDiff, LogProb, Loss, Metric, TokenLogProb
 from .result import PatchResult
 from .units import InProcessExecutor, Unit, UnitStore, run_units
+from .verified import VerifiedResult, verified_patch
 
 __all__ = [
     "ABLATIONS", "DIRECTIONS", "METHODS", "CosineSimilarity", "InProcessExecutor", "KL", "LogProb", "LogitDiff",
     "Loss", "Metric", "PatchConfig", "PatchResult", "Sweep", "TokenLogProb", "Unit", "UnitStore", "metrics",
-    "patch", "run_units",
+    "patch", "run_units", "VerifiedResult", "verified_patch",
 ]

@@ -45,7 +45,7 @@ from .units import Unit, UnitStore, run_units
 METHODS = ("exact", "naive", "atp", "atp*")
 ABLATIONS = ("zero", "mean", "resample")
 DIRECTIONS = ("noising", "denoising")
-_ALIASES = {"atp-star": "atp*", "atpstar": "atp*", "fast": "exact"}
+_ALIASES = {"atp-star": "atp*", "atpstar": "atp*", "fast": "exact", "atp-star-verified": "atp*-verified"}
 
 
 @dataclass(frozen=True)
