@@ -36,6 +36,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from workbench.cuda.stats.naive import eager_probs, repeat_kv, row_blocks  # noqa: F401 (repeat_kv: re-export)
+
 IMPL = "workbench"
 # Statistics-only traces compute the eager probabilities in blocks of query rows of about
 # this many bytes (float32 [batch, head, rows, key_pos]), so no site's full T x T pattern
@@ -119,74 +121,23 @@ def attention_probs(
         pattern: float32 [batch, head, rows, key_pos]; rows with no allowed key are 0;
             with sinks, a row sums to 1 minus the sink's share.
         allowed: bool [batch, 1|head, rows|1, key_pos].
+
+    The computation is the head-statistics reference, ``workbench.cuda.stats.naive.eager_probs``.
     """
-    tq_all, tk = query.shape[2], key.shape[2]
-    start = 0
-    if rows is not None:
-        start = rows.start
-        query = query[:, :, rows]
-        if attention_mask is not None and attention_mask.shape[-2] == tq_all:
-            attention_mask = attention_mask[..., rows, :]
-    b, h, tq, d = query.shape
-    key = repeat_kv(key, h)
-    qi = torch.arange(start, start + tq, device=query.device)[:, None] + (tk - tq_all)   # query i's key index
-    kj = torch.arange(tk, device=query.device)[None, :]
-    if attention_mask is None:
-        causal = getattr(module, "is_causal", True) if call.is_causal is None else call.is_causal
-        allowed = (kj <= qi)[None, None] if causal and tq_all > 1 else None
-    elif attention_mask.dtype == torch.bool:
-        allowed = attention_mask[..., :tk]
-    else:
-        m = attention_mask[..., :tk].float()
-        allowed = m > torch.finfo(m.dtype).min / 2
-    if call.sliding_window is not None and tk > call.sliding_window:
-        window = (qi - kj < call.sliding_window)[None, None]
-        allowed = window if allowed is None else allowed & window
-    additive = attention_mask is not None and attention_mask.dtype != torch.bool
-    # scale (+ mask in the same pass: baddbmm(bias, q, k^T) with bias 0 / -inf plus any
-    # finite additive mask values) in the query dtype as eager attention does
-    bias = torch.zeros((), dtype=query.dtype, device=query.device)
-    if allowed is not None and call.softcap is None:
-        bias = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill_(~allowed, float("-inf"))
-        if additive:
-            bias = bias + torch.where(allowed, attention_mask[..., :tk].to(query.dtype), 0)
-    scores = torch.baddbmm(
-        bias.expand(b, h, tq, tk).reshape(b * h, tq, tk), query.reshape(b * h, tq, d),
-        key.reshape(b * h, tk, d).transpose(1, 2), alpha=call.scaling,
-    ).view(b, h, tq, tk)
-    if call.softcap is not None:                       # Gemma 2: cap the scores, then mask
-        scores = torch.tanh(scores / call.softcap) * call.softcap
-        if additive:
-            scores = scores + torch.where(allowed, attention_mask[..., :tk].to(query.dtype), 0)
-        if allowed is not None:
-            scores = scores.masked_fill(~allowed, float("-inf"))
-    if call.sinks is not None:                         # a virtual key per head, dropped after the softmax
-        sink = call.sinks.to(scores.dtype).reshape(1, h, 1, 1).expand(b, h, tq, 1)
-        scores = torch.cat([scores, sink], dim=-1)
-    pattern = torch.softmax(scores.float() if call.softmax_fp32 else scores, dim=-1).float()
-    if call.sinks is not None:
-        pattern = pattern[..., :-1]
-    if allowed is None:
-        allowed = torch.ones(1, 1, tq, tk, dtype=torch.bool, device=query.device)
-    elif not bool(allowed.any(-1).all()):
-        pattern = torch.nan_to_num(pattern, nan=0.0)        # rows with no allowed key
-    return pattern, allowed
+    return eager_probs(query, key, attention_mask, scaling=call.scaling, causal=is_causal(module, call),
+                       softcap=call.softcap, sliding_window=call.sliding_window, sinks=call.sinks,
+                       softmax_fp32=call.softmax_fp32, rows=rows)
 
 
-def repeat_kv(key: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """[batch, kv_head, pos, d] -> [batch, n_heads, pos, d] (GQA: each KV head serves
-    n_heads / kv_head query heads); the same tensor when there is nothing to repeat."""
-    if key.shape[1] == n_heads:
-        return key
-    return key.repeat_interleave(n_heads // key.shape[1], dim=1)
+def is_causal(module: torch.nn.Module, call: AttnCall) -> bool:
+    """Whether a call without a mask is causal: the call's ``is_causal``, else the module's."""
+    return getattr(module, "is_causal", True) if call.is_causal is None else call.is_causal
 
 
 def stats_blocks(query: torch.Tensor, key_len: int) -> list[slice]:
     """Query-row blocks for a statistics-only trace: each float32 [batch, head, rows,
     key_len] block holds about ``STATS_BLOCK_BYTES``; one block when everything fits."""
-    b, h, tq = query.shape[:3]
-    step = max(1, STATS_BLOCK_BYTES // max(1, b * h * key_len * 4))
-    return [slice(s, min(s + step, tq)) for s in range(0, tq, step)]
+    return row_blocks(query, key_len, STATS_BLOCK_BYTES)
 
 
 def workbench_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

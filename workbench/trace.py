@@ -129,18 +129,20 @@ class Tracer:
         return out
 
     def _blocked_stats(self, site: Site, module, query, key, mask, call) -> None:
-        """Statistics only: probabilities and their reduction one block of query rows at a
-        time (``_attention.stats_blocks``), merged as a KV-cached loop's steps are."""
-        from ._attention import attention_probs, repeat_kv, stats_blocks
+        """Statistics only: ``workbench.cuda.head_stats`` through the backend switch (the
+        Triton kernel on CUDA tensors; elsewhere the reference, probabilities and their
+        reduction one block of ``_attention.STATS_BLOCK_BYTES`` of query rows at a time),
+        merged as a KV-cached loop's steps are."""
+        from . import _attention
+        from .cuda import head_stats
 
-        qm = self.query_mask.get(site.stream)
-        tq = query.shape[2]
-        qm = None if qm is None else qm[:, -tq:]
-        key = repeat_kv(key, query.shape[1])            # once per site, not once per block
-        for rows in stats_blocks(query, key.shape[2]):
-            pattern, allowed = attention_probs(module, query, key, mask, call, rows=rows)
-            part = reduce_pattern(pattern, allowed, None if qm is None else qm[:, rows])
-            self.stats[site.key] = _merge_stats(self.stats.get(site.key), _stats_to(part, self.home))
+        st = head_stats(query, key, mask, scaling=call.scaling, causal=_attention.is_causal(module, call),
+                        softcap=call.softcap, sliding_window=call.sliding_window, sinks=call.sinks,
+                        softmax_fp32=call.softmax_fp32, query_mask=self.query_mask.get(site.stream),
+                        block_bytes=_attention.STATS_BLOCK_BYTES)
+        part = HeadStats(row_entropy=st.entropy, n_keys=st.n_keys, col_sum=st.col_sum, col_count=st.col_count,
+                         row_max_pos=st.max_pos)
+        self.stats[site.key] = _merge_stats(self.stats.get(site.key), _stats_to(part, self.home))
 
     def _edit(self, site: Site, out: torch.Tensor, value, allowed, tq: int, pattern=None, offset: int = 0) -> torch.Tensor:
         out = out.clone()
