@@ -13,6 +13,7 @@ one table in ``_parts.py``, the only place that looks at a family name.
     dla.dla(model, batch, metric)            direct logit attribution per component and per key position
     direct_patch.dla_patch(...)              ``workbench patch --method dla``: direct-path effect of a patch
     path_patching.path_patching(...)         sender -> receiver effects through q, k or v (Wang et al. 2022)
+    qk_attribution.qk_attribution(...)       a head's scores as [query component, key component] contributions
     composition.composition(model)           Q/K/V composition scores of every head pair, weights only
     decompose.components(clean, site, pos)   the residual stream as a sum of upstream components
 
@@ -24,6 +25,7 @@ from .decompose import Component, components
 from .direct_patch import dla_patch
 from .dla import DLAResult, Readout, dla, readout
 from .path_patching import PathResult, path_patching, top_receivers
+from .qk_attribution import QKResult, qk_attribution
 
 __all__ = ["Component", "DLAResult", "Readout", "components", "composition", "dla", "dla_patch", "path_patching",
-           "PathResult", "readout", "top_receivers"]
+           "PathResult", "QKResult", "qk_attribution", "readout", "top_receivers"]

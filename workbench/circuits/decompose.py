@@ -39,6 +39,8 @@ class Component:
             return "embed"
         if self.kind == "head":
             return f"{self.stream}/{self.layer}/{self.head}"
+        if self.kind == "bias" and self.stream:                  # bias/out (unembedding side), bias/in (q/k side)
+            return f"bias/{self.stream}"
         return f"{self.kind}/{self.layer}" if self.layer >= 0 else self.kind
 
 
