@@ -54,6 +54,17 @@ def extra(model) -> Extra:
     return e
 
 
+def head_site(model, head) -> Site:
+    """The site of ``head``; UserError for a site or head index the model does not have."""
+    try:
+        site = model.site(head.stream, head.layer)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if not 0 <= head.head < site.n_heads:
+        raise UserError(f"{head.name}: site {site.name} has heads 0..{site.n_heads - 1}")
+    return site
+
+
 def attn_norm(model, site: Site) -> torch.nn.Module | None:
     """The norm whose output the site's attention reads (None: it reads the residual)."""
     path = extra(model).attn_norm.get(site.stream)
@@ -90,9 +101,8 @@ def rotary(model, attn_kwargs: dict):
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half rotary (Su et al. 2021, HF ``apply_rotary_pos_emb``): x [..., batch, head,
-    pos, d_head] with cos/sin [batch, pos, d_head]."""
+    """Rotate-half rotary (Su et al. 2021; HF ``apply_rotary_pos_emb``) of x [..., pos, d_head]
+    with cos/sin broadcastable to it (e.g. [pos, d_head] or [batch, pos, d_head]), float64."""
     from transformers.models.llama.modeling_llama import rotate_half
 
-    c, s = cos.double()[:, None], sin.double()[:, None]
-    return x * c + rotate_half(x) * s
+    return x * cos.double() + rotate_half(x) * sin.double()

@@ -38,7 +38,7 @@ from .._types import Head
 from ..capture import SetZ, Z
 from ..errors import UserError
 from ._capture import record, stack_sites
-from ._parts import attn_norm, extra, qkv, rotary
+from ._parts import attn_norm, extra, head_site, qkv, rotary, rotate
 
 KINDS = ("q", "k", "v")
 
@@ -86,10 +86,10 @@ class PathResult:
 
 def _check(model, receivers) -> None:
     extra(model)
+    if not receivers:
+        raise UserError("no receivers: give heads, e.g. top_receivers(patch_result, 5)")
     for r in receivers:
-        site = model.site(r.stream, r.layer)
-        if not 0 <= r.head < site.n_heads:
-            raise UserError(f"receiver {r.name}: site {site.name} has heads 0..{site.n_heads - 1}")
+        site = head_site(model, r)
         if attn_norm(model, site) is None:
             raise UserError(f"path patching needs pre-norm attention; {model.name}'s {r.stream} attention reads a "
                             "residual renormalised inside each layer (post-norm)")
@@ -138,10 +138,7 @@ class _Receiver:
         h = self.head.head if kind == "q" else self.kvh
         out = y @ self.w[f"W_{kind.upper()}"][h] + self.w[f"b_{kind.upper()}"][h]
         if self.rope is not None and kind in ("q", "k"):
-            from transformers.models.llama.modeling_llama import rotate_half
-
-            cos, sin = (t.double() for t in self.rope)
-            out = out * cos + rotate_half(out) * sin
+            out = rotate(out, *self.rope)                                  # cos/sin [n, T, dh]
         return out
 
     def z(self, delta: torch.Tensor, kind: str) -> torch.Tensor:

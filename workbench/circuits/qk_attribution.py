@@ -30,7 +30,7 @@ import torch
 from .._types import Head
 from ..errors import UserError
 from ._capture import NormLin, record
-from ._parts import attn_norm, extra, qkv, rotary
+from ._parts import attn_norm, extra, head_site, qkv, rotary, rotate
 from .decompose import Component, components
 
 
@@ -100,9 +100,7 @@ def qk_attribution(model, batch, head: Head, *, input: int = 0) -> QKResult:
         UserError: a cross-attention head, an unknown head or input, a family not covered.
     """
     extra(model)
-    site = model.site(head.stream, head.layer)
-    if not 0 <= head.head < site.n_heads:
-        raise UserError(f"{head.name}: site {site.name} has heads 0..{site.n_heads - 1}")
+    site = head_site(model, head)
     if head.stream == "cross":
         raise UserError("QK attribution of a cross-attention head needs the encoder's components on the key side; "
                         "give a self-attention head")
@@ -129,10 +127,7 @@ def qk_attribution(model, batch, head: Head, *, input: int = 0) -> QKResult:
         parts[kind] = torch.cat([p, bias[None]])
     rope = rotary(model, rec.attn_in[site.key][1])
     if rope is not None:
-        from transformers.models.llama.modeling_llama import rotate_half
-
-        cos, sin = (t.double()[0] for t in rope)                          # [T, dh]
-        parts = {k: v * cos + rotate_half(v) * sin for k, v in parts.items()}
+        parts = {k: rotate(v, rope[0][0], rope[1][0]) for k, v in parts.items()}      # cos/sin [T, dh]
     q, k, _, _, _, scaling = rec.qkv[site.key]
     actual = scaling * q[0, head.head].double() @ k[0, kvh].double().T
     names = names + [Component("bias", stream="in")]
