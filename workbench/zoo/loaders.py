@@ -77,6 +77,8 @@ def hf_kwargs(dtype, device=None, device_map=None, max_memory=None, offload_fold
         if offload_folder is not None:
             kw["offload_folder"] = str(offload_folder)
     elif device is not None and device.type != "cpu":
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         kw["device_map"] = {"": str(device)}
     return kw
 
