@@ -85,7 +85,7 @@ def test_every_head_verified_means_no_false_negatives(llama):
 
 def test_bad_parameters_are_refused_before_compute(llama):
     m, clean, corrupt, met = llama
-    for kw in (dict(k=0), dict(sample=-1), dict(top=5, k=4), dict(alpha=1.0)):
+    for kw in (dict(k=0), dict(sample=-1), dict(top=5, k=4), dict(alpha=1.0), dict(per_position=True)):
         with pytest.raises(UserError, match="verified AtP"):
             verified_patch(m, clean, met, corrupt=corrupt, **kw)
 

@@ -53,8 +53,9 @@ def run(args) -> int:
     if not methods or bad:
         raise UserError(f"unknown method(s) {bad or args.method!r}; use exact, naive, atp, atp-star, "
                         "atp-star-verified, dla")
-    if VERIFIED in methods and (args.verify_k < 1 or args.verify_sample < 0):
-        raise UserError(f"--verify-k must be >= 1 and --verify-sample >= 0 (got {args.verify_k}, {args.verify_sample})")
+    if VERIFIED in methods and (args.verify_k < 1 or args.verify_sample < 0 or args.per_position):
+        raise UserError(f"atp-star-verified needs --verify-k >= 1 and --verify-sample >= 0 (got {args.verify_k}, "
+                        f"{args.verify_sample}) and patches whole heads (no --per-position)")
     at_least(args.shard_size, "--shard-size", 1)
     if args.units and Path(args.units).exists() and not Path(args.units).is_dir():
         raise UserError(f"--units {args.units} is a file; give a folder for the finished work units")

@@ -101,7 +101,8 @@ def verified_patch(model, clean, metric, *, corrupt=None, heads=None, k: int = 4
     """Verified AtP* over heads (module docstring; Kramár et al. 2024, Section 3.4).
 
     Args:
-        model, clean, metric, corrupt, heads, ablation, direction, per_position: as ``patch``.
+        model, clean, metric, corrupt, heads, ablation, direction: as ``patch``.
+        per_position: must be False (whole heads only).
         k: heads with the largest AtP* score patched exactly (>= 1; capped at the number of heads).
         sample: unverified heads drawn uniformly at random and patched exactly (>= 0).
         top: the verified top ``top`` heads define tau, the |effect| that makes a head important
@@ -118,10 +119,13 @@ def verified_patch(model, clean, metric, *, corrupt=None, heads=None, k: int = 4
         ``verification`` (dict), ``seconds`` (all steps).
 
     Raises:
-        UserError: k, sample, top or alpha out of range; ValueError as ``patch``.
+        UserError: k, sample, top or alpha out of range, per_position; ValueError as ``patch``.
     """
     if method != NAME:
         raise UserError(f"verified_patch runs method {NAME!r}, not {method!r}; use patch() for the others")
+    if per_position:
+        raise UserError("verified AtP* patches whole heads; per_position=True is not supported (use method "
+                        "'exact' or 'atp*' with per_position=True)")
     if k < 1 or sample < 0 or not 1 <= top <= k or not 0 < alpha < 1:
         raise UserError(f"verified AtP* needs k >= 1, sample >= 0, 1 <= top <= k and 0 < alpha < 1 "
                         f"(got k={k}, sample={sample}, top={top}, alpha={alpha})")
@@ -143,7 +147,7 @@ def verified_patch(model, clean, metric, *, corrupt=None, heads=None, k: int = 4
     rows = sorted(chosen + picked)
     t1 = time.perf_counter()
     exact = patch(model, clean, metric, heads=[all_heads[i] for i in rows], method="exact",
-                  per_position=per_position, store=None if store is None else f"{store}/{STORES[1]}", **common)
+                  store=None if store is None else f"{store}/{STORES[1]}", **common)
     t_exact = time.perf_counter() - t1
     per_input = torch.full((n, len(clean)), float("nan"))
     per_input[torch.tensor(rows)] = exact.per_input
@@ -167,13 +171,10 @@ def verified_patch(model, clean, metric, *, corrupt=None, heads=None, k: int = 4
     }
     top_set, sample_set = set(chosen), set(picked)
     role = ["top-k" if i in top_set else "sample" if i in sample_set else "" for i in range(n)]
-    per_pos = None
-    if per_position and exact.per_position is not None:
-        per_pos = exact.per_position                              # sites of the verified heads only
     return VerifiedResult(
         heads=all_heads, per_input=per_input, method=NAME, ablation=ablation, direction=direction,
         metric=approx.metric, clean_metric=approx.clean_metric, base_metric=exact.base_metric,
-        corrupt_metric=approx.corrupt_metric, per_position=per_pos,
+        corrupt_metric=approx.corrupt_metric,
         extra={"atp*": approx.per_input, "atp": approx.extra["atp"]}, seconds=time.perf_counter() - t0,
         verification=verification, role=role)
 
