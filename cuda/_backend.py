@@ -54,7 +54,7 @@ def interpreting() -> bool:
 
 def triton_unavailable(*tensors: torch.Tensor) -> str | None:
     """Why a Triton kernel cannot run on these tensors, or None when it can."""
-    if importlib.util.find_spec("triton") is None:
+    if not _has_triton():
         return "Triton is not installed (pip install 'workbench[kernels]')"
     if interpreting():
         return None
@@ -62,6 +62,10 @@ def triton_unavailable(*tensors: torch.Tensor) -> str | None:
     if off:
         return f"the tensors are on {', '.join(off)}, not a CUDA device (set TRITON_INTERPRET=1 to interpret on the CPU)"
     return None
+
+
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 def choose(op: str, backend: str | None, *tensors: torch.Tensor) -> str:
