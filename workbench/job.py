@@ -234,6 +234,9 @@ def trace_job(cfg: JobConfig) -> tuple[Path, dict]:
 
     t0 = time.perf_counter()
     checked = validate(cfg)
+    from .cuda import backends_used, requested
+
+    backend = requested()           # a bad $WORKBENCH_BACKEND is refused before the model loads
     waves = checked.waves
     model = load_checked(cfg.model, quiet=cfg.quiet)
     t_load = time.perf_counter() - t0
@@ -254,6 +257,7 @@ def trace_job(cfg: JobConfig) -> tuple[Path, dict]:
             raise UserError(f"analysis {name!r} does not apply to {cfg.model}: {why}")
     check_pattern_budget(model, batch, cfg.save_patterns, cfg.max_save_gib)
     t1 = time.perf_counter()
+    backends_used(reset=True)
     ctx = Context(model, batch)
     ctx._stats = chunked_stats(model, batch, cfg.batch_size, cfg.quiet)
     results, timings, params = {}, {}, {}
@@ -289,6 +293,7 @@ def trace_job(cfg: JobConfig) -> tuple[Path, dict]:
                    "max_tokens": None if model.is_audio else cfg.max_tokens, "truncate": cfg.truncate,
                    "items": batch.items},
         "analyses": params, "summary": summary,
+        "backend": {"requested": backend, "ran": backends_used()},   # workbench.cuda ops: which backend ran
         "timings_s": {"load": round(t_load, 3), "trace_and_analyses": round(t_trace, 3), **timings},
         "packages": environment(), "git_commit": git_commit(), "command": cfg.command, "seed": cfg.seed,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
