@@ -12,10 +12,12 @@ kernel runs. ``backends_used()`` says which backend ran each op (``meta.json``: 
 
 Ops:
     ``head_stats``  streaming per-head softmax statistics (``stats/``)
+    ``head_patch``  batched head patching at the output projection (``head_patch/``)
 """
 from ._backend import BACKENDS, ENV, BackendError, KernelFallbackWarning, requested
 from ._backend import used as backends_used
+from .head_patch import head_patch
 from .stats import HeadStatsOut, head_stats
 
-__all__ = ["BACKENDS", "ENV", "BackendError", "HeadStatsOut", "KernelFallbackWarning", "backends_used", "head_stats",
-           "requested"]
+__all__ = ["BACKENDS", "ENV", "BackendError", "HeadStatsOut", "KernelFallbackWarning", "backends_used", "head_patch",
+           "head_stats", "requested"]
