@@ -249,3 +249,20 @@ def test_declared_norms_are_the_ones_the_forward_uses(family):
     expect_post = {"bert": 2, "wav2vec2": 2}.get(family, 0)
     assert len(model.post_norms(*model.sites[0].key)) == expect_post
     assert (model.attn_out_norm(*model.sites[0].key) is not None) == (family in ("olmo2", "gemma2"))
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gpt_neox", "roberta", "hubert", "whisper"])
+def test_a_saved_folder_loads_as_the_family_record_says(family, tmp_path):
+    """``workbench.load`` of a local folder instantiates the record's HF class and gives the
+    saved model's outputs."""
+    hf = tiny_hf(family)
+    hf.save_pretrained(tmp_path / family)
+    model = wb.load(str(tmp_path / family))
+    assert type(model.hf) is type(hf)
+    assert model.tokenizer is None and model.feature_extractor is None    # none saved: tolerated
+    inputs = tiny_inputs(family, hf)
+    with torch.no_grad():
+        want = hf(**inputs)
+    got = model.run(Batch(inputs)).output
+    key = "logits" if hasattr(want, "logits") else "last_hidden_state"
+    torch.testing.assert_close(getattr(got, key), getattr(want, key), atol=0, rtol=0)

@@ -137,7 +137,9 @@ def load_pretrained(path_or_id: str, dtype: torch.dtype | str = torch.float32, *
     cls = getattr(transformers, fam.hf_class)               # the family record names the HF class
     hf = cls.from_pretrained(path_or_id, **kw, **rev)
     tok = fe = None
-    if "tokenizer" in fam.preprocess:
+    local = Path(path_or_id).is_dir()
+    # transformers builds an empty tokenizer for a folder that holds none: only load saved files
+    if "tokenizer" in fam.preprocess and (not local or _has_any(path_or_id, _TOKENIZER_FILES)):
         try:
             tok = AutoTokenizer.from_pretrained(path_or_id, **rev)
         except (OSError, ValueError, TypeError):
@@ -156,6 +158,14 @@ def load_pretrained(path_or_id: str, dtype: torch.dtype | str = torch.float32, *
     if fam.kind == "speech-seq2seq":
         info["prompt_ids"] = _whisper_prompt_from_config(hf.config)
     return hf, tok, fe, info
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                    "spiece.model", "merges.txt")
+
+
+def _has_any(folder: str, names: tuple[str, ...]) -> bool:
+    return any((Path(folder) / n).is_file() for n in names)
 
 
 def _whisper_prompt_from_config(cfg) -> list[int]:
