@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import transformers as tf
 
-TEXT_CAUSAL = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "gemma2", "gemma3", "phi3", "olmo2")
+TEXT_CAUSAL = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "smollm3", "gpt_neox", "gemma2", "gemma3", "phi3", "olmo2")
 TEXT = TEXT_CAUSAL + ("bert", "roberta")
 FAMILIES = TEXT + ("whisper", "wav2vec2", "hubert")
 
@@ -31,6 +31,7 @@ _CAUSAL = {
                 "query_pre_attn_scalar": 16}),
     "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM,
                {"head_dim": 8, "sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"]}),
+    "smollm3": (tf.SmolLM3Config, tf.SmolLM3ForCausalLM, {"no_rope_layers": [1, 0]}),   # layer 1 without rotary
     "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM, {}),
     "olmo2": (tf.Olmo2Config, tf.Olmo2ForCausalLM, {}),
 }
