@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench.errors import UserError
-
-SAMPLE_RATE = 16000
+from workbench.schema import SAMPLE_RATE
 
 
 def words_of(text: str) -> list[str]:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from workbench import _rollout
+
 from ._context import Analysis, Context, Params, Result, param
 
 SELF_STREAMS = ("self", "encoder", "decoder")
@@ -47,28 +49,23 @@ class RolloutParams(Params, analysis="rollout"):
 
 
 def residual_matrices(pattern_means: torch.Tensor) -> torch.Tensor:
-    """A_hat = 0.5 A + 0.5 I with rows renormalised, per layer.
+    """A_hat = 0.5 A + 0.5 I with rows renormalised, per layer (``workbench._rollout``, the one
+    definition the dashboard uses too).
 
     Args:
         pattern_means: [layer, T, T] head-mean attention, already cropped to real positions.
     Returns:
-        [layer, T, T] float64.
+        [layer, T, T] float64 on the device of ``pattern_means``.
     """
-    a = pattern_means.double()
-    a = a / a.sum(-1, keepdim=True).clamp_min(1e-30)
-    eye = torch.eye(a.shape[-1], dtype=a.dtype)
-    a_hat = 0.5 * a + 0.5 * eye
-    return a_hat / a_hat.sum(-1, keepdim=True)
+    a_hat = _rollout.residual_matrices(pattern_means.detach().double().cpu().numpy())
+    return torch.from_numpy(a_hat).to(pattern_means.device)
 
 
 def rollout(a_hat: torch.Tensor) -> torch.Tensor:
-    """Rollout of residual-augmented matrices: [layer, T, T] -> [layer, T, T], R_l = A_hat_l R_{l-1}."""
-    out = torch.empty_like(a_hat)
-    r = torch.eye(a_hat.shape[-1], dtype=a_hat.dtype)
-    for l in range(a_hat.shape[0]):
-        r = a_hat[l] @ r
-        out[l] = r
-    return out
+    """Rollout of residual-augmented matrices: [layer, T, T] -> [layer, T, T], R_l = A_hat_l R_{l-1}
+    (``workbench._rollout.rollout``)."""
+    r = _rollout.rollout(a_hat.detach().double().cpu().numpy())
+    return torch.from_numpy(r).to(device=a_hat.device, dtype=a_hat.dtype)
 
 
 def stacks(model) -> list[str]:

@@ -28,7 +28,9 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
-HEAD_KEYS = ("stream", "layer", "head")
+from ..schema import HEAD_KEYS, analysis_of
+from ..schema import metric_columns as _metric_columns
+
 PREFERRED = ("entropy.mean_nats", "sinks.alpha1", "retrieval.score", "patch.effect",
              "importance.michel", "taxonomy.class")
 EFFECT_PREFIXES = ("patch", "atp", "importance", "prune")
@@ -37,7 +39,7 @@ SIGNED, MAGNITUDE, PLAIN = "signed", "magnitude", "plain"
 
 
 def metric_columns(heads: pd.DataFrame) -> list[str]:
-    return [c for c in heads.columns if c not in HEAD_KEYS]
+    return _metric_columns(heads.columns)
 
 
 def is_numeric(series: pd.Series) -> bool:
@@ -46,10 +48,6 @@ def is_numeric(series: pd.Series) -> bool:
 
 def numeric_columns(heads: pd.DataFrame) -> list[str]:
     return [c for c in metric_columns(heads) if is_numeric(heads[c])]
-
-
-def analysis_of(column: str) -> str:
-    return column.split(".", 1)[0]
 
 
 def label(column: str) -> str:

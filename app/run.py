@@ -12,11 +12,13 @@ from typing import Any
 
 import pandas as pd
 
-SCHEMA_VERSION = 1
-HEAD_KEYS = ["stream", "layer", "head"]
-STREAM_ORDER = ("self", "encoder", "decoder", "cross")
-ENCODER_FPS = 50.0  # Whisper-style encoder frames per second
-MEL_FPS = 100.0  # log-mel frames per second
+from ..errors import UserError
+from ..schema import HEAD_KEYS, MEL_FRAMES_PER_SECOND, STREAMS, WHISPER_FRAMES_PER_SECOND, check_schema_version
+from ..schema import metric_columns as _metric_columns
+
+STREAM_ORDER = STREAMS
+ENCODER_FPS = float(WHISPER_FRAMES_PER_SECOND)  # Whisper-style encoder frames per second
+MEL_FPS = float(MEL_FRAMES_PER_SECOND)  # log-mel frames per second
 
 
 class RunError(Exception):
@@ -121,17 +123,17 @@ class Run:
         return ax, ax
 
     def metric_columns(self) -> list[str]:
-        return [c for c in self.heads.columns if c not in HEAD_KEYS]
+        return _metric_columns(self.heads.columns)
 
 
 def validate_meta(name: str, meta: Any) -> dict[str, Any]:
     """Check the fields the dashboard relies on; raise ``RunError`` saying what is wrong."""
     if not isinstance(meta, dict):
         raise RunError(f"run {name!r}: meta.json is not a json object")
-    version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise RunError(f"run {name!r}: meta.json has schema_version {version!r}; this dashboard "
-                       f"reads schema {SCHEMA_VERSION} (re-create the run or upgrade workbench)")
+    try:
+        check_schema_version(meta, f"run {name!r}")
+    except UserError as exc:
+        raise RunError(str(exc)) from None
     model = meta.get("model")
     if not isinstance(model, dict) or "name" not in model:
         raise RunError(f"run {name!r}: meta.json lacks model.name")

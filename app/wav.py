@@ -6,7 +6,7 @@ import wave
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from ..schema import SAMPLE_RATE
 
 
 def wav_bytes(samples: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:

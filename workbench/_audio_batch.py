@@ -9,9 +9,9 @@ import torch
 
 from .batch import Batch, pad_ids
 
-SAMPLE_RATE = 16000
+from .schema import SAMPLE_RATE, WHISPER_SAMPLES_PER_FRAME
+
 WHISPER_WINDOW_S = 30.0
-WHISPER_SAMPLES_PER_FRAME = 320  # 16 kHz / 50 encoder frames per second
 
 
 def prepare_audio(model, waves: list, paths, transcripts) -> Batch:

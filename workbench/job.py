@@ -6,13 +6,9 @@ atomically at the end (see ``runs.save_run``).
 """
 from __future__ import annotations
 
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -21,8 +17,7 @@ from .batch import Batch
 from .capture import Pattern, Stats
 from .errors import UserError, user_error
 from .runs import merge_tables, save_run
-
-PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "pyarrow", "gguf")
+from .schema import MEL_FRAMES_PER_SECOND, base_meta
 
 
 @dataclass
@@ -186,40 +181,11 @@ def audio_tensors(model, batch: Batch, waves: list | None) -> dict:
     feats = batch.model_inputs.get("input_features")
     for i, item in enumerate(batch.items):
         if feats is not None:
-            n_mel = int(round(item["duration_s"] * 100))
+            n_mel = int(round(item["duration_s"] * MEL_FRAMES_PER_SECOND))
             out[f"mel/{i}"] = feats[i, :, :n_mel].to(torch.float16).clone()
         if waves is not None:
             out[f"audio/{i}"] = torch.as_tensor(waves[i], dtype=torch.float32)
     return out
-
-
-def environment() -> dict:
-    versions = {}
-    for p in PACKAGES:
-        try:
-            versions[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            versions[p] = None
-    versions["workbench"] = metadata.version("workbench") if _has("workbench") else None
-    versions["python"] = platform.python_version()
-    return versions
-
-
-def _has(dist: str) -> bool:
-    try:
-        metadata.version(dist)
-        return True
-    except metadata.PackageNotFoundError:
-        return False
-
-
-def git_commit() -> str | None:
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                           text=True, timeout=5)
-        return r.stdout.strip() or None if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def trace_job(cfg: JobConfig) -> tuple[Path, dict]:
@@ -285,18 +251,11 @@ def trace_job(cfg: JobConfig) -> tuple[Path, dict]:
     heads = merge_tables([r.table for r in results.values()])
     summary = {name: r.summary for name, r in results.items()}
     meta = {
-        "model": {"name": model.name, "source": model.source, "family": model.family.name, "kind": model.kind,
-                  "dtype": str(model.dtype).removeprefix("torch."),
-                  "weights_sha256": model.meta.get("weights_sha256"), "format": model.meta.get("format")},
-        "sites": [vars(s) for s in model.sites],
-        "inputs": {"kind": "audio" if model.is_audio else "text", "prompt_set": prompt_set,
-                   "max_tokens": None if model.is_audio else cfg.max_tokens, "truncate": cfg.truncate,
-                   "items": batch.items},
+        **base_meta(model, {"prompt_set": prompt_set, "max_tokens": None if model.is_audio else cfg.max_tokens,
+                            "truncate": cfg.truncate, "items": batch.items}, command=cfg.command, seed=cfg.seed),
         "analyses": params, "summary": summary,
         "backend": {"requested": backend, "ran": backends_used()},   # workbench.cuda ops: which backend ran
         "timings_s": {"load": round(t_load, 3), "trace_and_analyses": round(t_trace, 3), **timings},
-        "packages": environment(), "git_commit": git_commit(), "command": cfg.command, "seed": cfg.seed,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     extra = {f"{stem}": t for r in results.values() for stem, t in r.tables.items()}
     out = save_run(cfg.out, heads, meta, tensors, force=cfg.force, tables=extra)

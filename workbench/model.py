@@ -15,9 +15,8 @@ from ._types import Head, Site
 from .adapters import Family, LayerStack, family_for, final_softcap, resolve, w_o, w_qkv
 from .batch import Batch, pad_ids
 from .capture import Ablate, Z
+from .schema import WHISPER_FRAMES_PER_SECOND
 from .trace import Trace, Tracer
-
-WHISPER_FRAMES_PER_SECOND = 50  # encoder frames per second of audio (after the conv stem)
 
 
 class Model:

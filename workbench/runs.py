@@ -1,10 +1,6 @@
 """Run folders: what every producer writes and every reader expects.
 
-Layout of a run folder (``schema_version`` 1)::
-
-    meta.json            model, inputs, analyses + parameters, versions, command, seed, created
-    heads.parquet        one row per (stream, layer, head); metric columns "<analysis>.<metric>"
-    <name>.safetensors   tensors, keys like "pattern/<stream>/<layer>/<input index>"
+The layout, column conventions and version rules are ``workbench.schema`` (torch-free).
 
 Writes are atomic: everything goes to a hidden temporary folder beside the target, which
 is renamed into place at the end, so an interrupted write leaves no half folder. ``force=True``
@@ -23,9 +19,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from ._safe_replace import RunExistsError, check_target, is_run_folder, new_tmp, put_in_place
-
-SCHEMA_VERSION = 1
-HEAD_KEYS = ["stream", "layer", "head"]
+from .schema import HEAD_KEYS, SCHEMA_VERSION
 
 
 def save_run(

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FPS = 50.0          # Whisper encoder frames per second
+from .schema import SAMPLE_RATE, WHISPER_FRAMES_PER_SECOND
+
+FPS = float(WHISPER_FRAMES_PER_SECOND)   # Whisper encoder frames per second
 
 # OpenAI's published alignment heads (openai/whisper v20231106 ``_ALIGNMENT_HEADS``, base85
 # bit masks decoded to (decoder layer, head)), by model size.
@@ -160,7 +162,7 @@ def _merge_punctuation(words: list[WordTime]) -> set[int]:
     return gone
 
 
-def speech_bounds(wave: np.ndarray, rate: int = 16000, frame_s: float = 0.02, rel_db: float = -35.0) -> tuple[float, float]:
+def speech_bounds(wave: np.ndarray, rate: int = SAMPLE_RATE, frame_s: float = 0.02, rel_db: float = -35.0) -> tuple[float, float]:
     """(start_s, end_s) of the speech in ``wave`` [samples]: from the first to the end of the
     last ``frame_s`` frame whose RMS is within ``rel_db`` dB of the loudest frame (a plain
     energy detector; (0, duration) for silence)."""

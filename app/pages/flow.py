@@ -16,7 +16,7 @@ from workbench.word_timing import published_heads
 from .. import alignment
 from ..components import attempt, control, dropdown, message
 from ..fig_flow import alignment_figure, flow_matrix, token_layer_figure
-from ..rollout import rollout
+from ..._rollout import rollout_from_patterns
 from ..run import Run, RunError
 from ..run_page import register_run_switch, run_page
 from ..view import as_int, current_store, input_options, pick_input, unchanged
@@ -49,7 +49,7 @@ def token_flow(store, run: Run, index: int, quantity: str | None) -> tuple:
     if run.kind != "text" or stream is None or not store.has_patterns(run.name):
         return None, unreadable + "this run has no flow.parquet (and no text patterns to compute rollout from)"
     layers = run.layers(stream)
-    r = rollout([store.site_patterns(run.name, stream, layer, index) for layer in layers])
+    r = rollout_from_patterns([store.site_patterns(run.name, stream, layer, index) for layer in layers])
     tokens = run.tokens(index, stream) or []
     return (token_layer_figure(r[:, -1, :], tokens, layers=layers, colorbar="rollout",
                                title=f"rollout to the last token per layer · input {index}"),

@@ -11,7 +11,7 @@ import pytest
 from workbench.app import alignment, metrics
 from workbench.app.fig_flow import alignment_figure, flow_matrix, token_layer_figure
 from workbench.app.report import importance_report
-from workbench.app.rollout import rollout
+from workbench._rollout import rollout_from_patterns as rollout
 from workbench.app.store import RunStore
 from workbench.app.view import as_int, href, one, unchanged
 from workbench.app.wav import wav_bytes

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -97,20 +96,12 @@ def units_note(units_root: Path) -> str:
 
 
 def base_meta(model, task, args) -> dict:
-    from ..job import environment, git_commit
+    """``schema.base_meta`` for a task run: inputs are the task's clean prompts."""
+    from ..schema import base_meta as meta
 
-    return {
-        "model": {"name": model.name, "source": model.source, "family": model.family.name, "kind": model.kind,
-                  "dtype": str(model.dtype).removeprefix("torch."),
-                  "weights_sha256": model.meta.get("weights_sha256"), "format": model.meta.get("format")},
-        "sites": [vars(s) for s in model.sites],
-        "inputs": {"kind": "audio" if model.is_audio else "text", "task": task.name,
-                   "description": task.description, "n": len(task), "items": task.clean.items,
-                   "task_meta": task.meta},
-        "packages": environment(), "git_commit": git_commit(),
-        "command": shlex.join(["workbench", *sys.argv[1:]]), "seed": args.seed,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return meta(model, {"task": task.name, "description": task.description, "n": len(task),
+                        "items": task.clean.items, "task_meta": task.meta},
+                command=shlex.join(["workbench", *sys.argv[1:]]), seed=args.seed)
 
 
 def executor(quiet: bool):

@@ -25,8 +25,7 @@ import soxr
 __all__ = ["SAMPLE_RATE", "DATA_DIR", "TruncatedAudioWarning", "audio_source", "load_audio", "builtin_clips",
            "builtin_clip_info"]
 
-SAMPLE_RATE = 16000
-"""Sample rate in Hz (samples per second) of every waveform ``load_audio`` returns."""
+from ..schema import SAMPLE_RATE  # Hz: every waveform ``load_audio`` returns
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 """Folder holding the bundled speech clips and ``speech.json``."""

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..schema import SAMPLE_RATE
 from ..patching.metrics import CosineSimilarity, LogitDiff, LogProb, last_positions, mean_pool
 from ._task import Task
 
@@ -182,7 +183,7 @@ def _audio(model, rows, path: Path) -> Task:
             raise UserError(f"{path}:{r['_line']}: {exc}") from None
         if len(a) != len(b):
             raise UserError(f"{path}:{r['_line']}: clean and corrupt audio differ in length "
-                            f"({len(a) / 16000:.2f} s vs {len(b) / 16000:.2f} s)")
+                            f"({len(a) / SAMPLE_RATE:.2f} s vs {len(b) / SAMPLE_RATE:.2f} s)")
         waves.append(a)
         noisy.append(b)
         paths.append(r["clean_audio"])
