@@ -5,8 +5,10 @@ saved attention patterns will take.
 ``max_position_embeddings`` (GPT-2's ``n_positions`` maps to it), or None when the config
 states none. ``pattern_bytes(model, batch, n)`` estimates the bytes that keeping the
 patterns of the first ``n`` inputs takes: the float32 capture of those inputs at every
-site ([input, head, query, key], padded) plus the float16 copies cropped to real tokens
-that are saved, i.e. sum over sites of ``heads x (4 n Tq_max Tk_max + 2 sum_i Tq_i Tk_i)``.
+site ([input, head, query, key], padded to the batch's length T) plus the float16 copies
+cropped to real tokens that are saved, i.e. sum over sites of
+``heads x (4 n Tq_pad Tk_pad + 2 sum_i Tq_i Tk_i)``. Patterns an analysis captures itself
+(rollout, flow) are not counted.
 """
 from __future__ import annotations
 
@@ -44,9 +46,9 @@ def pattern_bytes(model, batch, n: int) -> int:
         return 0
     total = 0
     for site in model.sites:
-        q = batch.query_mask[site.stream][:n].sum(-1).tolist()
-        k = batch.query_mask[KEY_STREAM[site.stream]][:n].sum(-1).tolist()
-        capture = 4 * n * max(q) * max(k)
+        qm, km = batch.query_mask[site.stream][:n], batch.query_mask[KEY_STREAM[site.stream]][:n]
+        q, k = qm.sum(-1).tolist(), km.sum(-1).tolist()
+        capture = 4 * n * qm.shape[-1] * km.shape[-1]          # the capture is padded (Whisper: 1500 frames)
         kept = 2 * sum(a * b for a, b in zip(q, k))
         total += site.n_heads * (capture + kept)
     return int(total)
