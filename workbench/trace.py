@@ -139,7 +139,7 @@ class Tracer:
         st = head_stats(query, key, mask, scaling=call.scaling, causal=_attention.is_causal(module, call),
                         softcap=call.softcap, sliding_window=call.sliding_window, sinks=call.sinks,
                         softmax_fp32=call.softmax_fp32, query_mask=self.query_mask.get(site.stream),
-                        block_bytes=_attention.STATS_BLOCK_BYTES)
+                        block_bytes=_attention.STATS_BLOCK_BYTES, lse=False)
         part = HeadStats(row_entropy=st.entropy, n_keys=st.n_keys, col_sum=st.col_sum, col_count=st.col_count,
                          row_max_pos=st.max_pos)
         self.stats[site.key] = _merge_stats(self.stats.get(site.key), _stats_to(part, self.home))

@@ -28,6 +28,7 @@ def head_stats(
     keys: torch.Tensor | list[int] | None = None,
     backend: str | None = None,
     block_bytes: int = 4 << 20,
+    lse: bool = True,
 ) -> HeadStatsOut:
     """Per-head statistics of softmax(scaling * q k^T + mask) (``HeadStatsOut``): log-sum-exp,
     entropy (Shannon, nats; by online softmax in the kernel), argmax key and its probability,
@@ -54,6 +55,8 @@ def head_stats(
         backend: "auto" | "torch" | "triton" (default ``$WORKBENCH_BACKEND`` or "auto"; see
             ``workbench.cuda``).
         block_bytes: the reference's float32 bytes per block of query rows.
+        lse: False lets the reference skip the log-sum-exp (``lse`` is then None; the kernel
+            computes it anyway, its column pass needs it).
 
     Raises:
         UserError: bad shapes, a key position out of range, an unknown backend.
@@ -76,4 +79,4 @@ def head_stats(
         return kernel.head_stats(query, key, attention_mask, **kw)
     from . import naive
 
-    return naive.head_stats(query, key, attention_mask, block_bytes=block_bytes, **kw)
+    return naive.head_stats(query, key, attention_mask, block_bytes=block_bytes, lse=lse, **kw)

@@ -12,7 +12,8 @@ class HeadStatsOut:
 
     Attributes:
         lse: [batch, head, query_pos] log-sum-exp of the row's scores (nats; the sink logit
-            included; -inf for a row with no allowed key).
+            included; -inf for a row with no allowed key); None from the reference when
+            called with ``lse=False``.
         entropy: [batch, head, query_pos] -sum_j A_ij ln A_ij (nats; 0 ln 0 := 0).
         max_pos: int64 [batch, head, query_pos] argmax key of each row (the first one on a tie;
             0 for a row with no allowed key).
@@ -24,7 +25,7 @@ class HeadStatsOut:
         col_count: [batch, key_pos] sum_i w_i [query i may see key k].
     """
 
-    lse: torch.Tensor
+    lse: torch.Tensor | None
     entropy: torch.Tensor
     max_pos: torch.Tensor
     max_prob: torch.Tensor
@@ -34,4 +35,4 @@ class HeadStatsOut:
     col_count: torch.Tensor
 
     def to_dict(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}

@@ -157,18 +157,22 @@ def head_stats(
     query_mask: torch.Tensor | None = None,
     keys: torch.Tensor | None = None,
     block_bytes: int = 4 << 20,
+    lse: bool = True,
 ) -> HeadStatsOut:
     """Per-head statistics from probabilities computed ``block_bytes`` of float32 at a time
-    (see ``workbench.cuda.stats.head_stats`` for the arguments and outputs)."""
+    (see ``workbench.cuda.stats.head_stats`` for the arguments and outputs). ``lse=False``
+    skips the log-sum-exp (one more pass over each block: measured +30% time on CPU) and
+    leaves ``lse`` None."""
     key = repeat_kv(key, query.shape[1])            # once per call, not once per block
     qm = None if query_mask is None else query_mask[:, -query.shape[2]:]
     parts = []
     for rows in row_blocks(query, key.shape[2], block_bytes):
-        pattern, allowed, lse = eager_probs(query, key, attention_mask, scaling=scaling, causal=causal,
-                                            softcap=softcap, sliding_window=sliding_window, sinks=sinks,
-                                            softmax_fp32=softmax_fp32, rows=rows, with_lse=True)
+        pattern, allowed, *row_lse = eager_probs(query, key, attention_mask, scaling=scaling, causal=causal,
+                                                 softcap=softcap, sliding_window=sliding_window, sinks=sinks,
+                                                 softmax_fp32=softmax_fp32, rows=rows, with_lse=lse)
         part = reduce_block(pattern, allowed, None if qm is None else qm[:, rows])
-        part["lse"] = lse
+        if lse:
+            part["lse"] = row_lse[0]
         part["key_mass"] = pattern[..., keys] if keys is not None else pattern.new_zeros(pattern.shape[:3] + (0,))
         parts.append(part)
     out = {}
@@ -180,4 +184,4 @@ def head_stats(
             out[name] = acc
         else:
             out[name] = torch.cat([p[name] for p in parts], dim=-1 if name == "n_keys" else 2)
-    return HeadStatsOut(**out)
+    return HeadStatsOut(**{"lse": None, **out})

@@ -218,3 +218,13 @@ def test_bad_arguments_are_user_errors():
         head_stats(q, k, scaling=1.0)
     with pytest.raises(UserError, match="key positions in 0..2"):
         head_stats(q, torch.zeros(1, 2, 3, 8), scaling=1.0, keys=[3])
+
+
+def test_reference_without_lse_skips_only_lse():
+    """lse=False (what Stats uses: the reference's log-sum-exp is a whole extra pass) changes
+    no other field, bit for bit."""
+    q, k = torch.randn(2, 4, 30, 16), torch.randn(2, 2, 30, 16)
+    a = head_stats(q, k, scaling=0.25, backend="torch", block_bytes=2048)
+    b = head_stats(q, k, scaling=0.25, backend="torch", block_bytes=2048, lse=False)
+    assert b.lse is None and a.lse is not None
+    assert all(torch.equal(v, getattr(b, n)) for n, v in a.to_dict().items() if n != "lse")
