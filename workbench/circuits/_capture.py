@@ -51,12 +51,16 @@ class _Recorder(Tracer):
 
 
 def run_recorded(model, inputs: dict, query_mask: dict, capture=(), edits=(), record=()):
-    """(HF output, tracer) of one forward with the workbench attention active."""
-    tracer = _Recorder(model, list(capture), list(edits), query_mask, set(record))
+    """(HF output, tracer) of one forward with the workbench attention active; inputs move to
+    the model's device as in ``Model.run``."""
+    from ..model import _to_device
+
+    dev = model.device
+    tracer = _Recorder(model, list(capture), list(edits), {k: v.to(dev) for k, v in query_mask.items()}, set(record))
     token = _attention.ACTIVE.set(tracer)
     try:
         with torch.no_grad():
-            output = model.hf(**inputs)
+            output = model.hf(**_to_device(inputs, dev, model.dtype))
     finally:
         _attention.ACTIVE.reset(token)
     tracer.check_fired()

@@ -48,6 +48,7 @@ def gather(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
     """x [batch, T, *] at pos [batch, k] -> [batch, k, *] (all positions when pos is None)."""
     if pos is None:
         return x
+    pos = pos.to(x.device)
     idx = pos.reshape(*pos.shape, *([1] * (x.dim() - 2))).expand(*pos.shape, *x.shape[2:])
     return torch.take_along_dim(x, idx, dim=1)
 
