@@ -34,6 +34,8 @@ def no_load(monkeypatch):
     (["run", "minilm-l6", "--save-patterns", "-1"], ["--save-patterns"]),
     (["run", "minilm-l6", "--max-save-gib", "0"], ["--max-save-gib"]),
     (["run", "minilm-l6", "--analyses", ""], ["--analyses"]),
+    (["run", "minilm-l6", "--seed", "-1"], ["--seed", ">= 0"]),
+    (["patch", "minilm-l6", "--seed", "-1"], ["--seed", ">= 0"]),
     (["patch", "minilm-l6", "--n", "0"], ["--n must be >= 1"]),
     (["patch", "minilm-l6", "--shard-size", "0"], ["--shard-size"]),
     (["patch", "minilm-l6", "--method", "exact,psychic"], ["psychic"]),

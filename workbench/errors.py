@@ -26,6 +26,7 @@ ARG_NAMES = {
     "params": ("params", "--param"),
     "prompts": ("prompts", "--prompts"),
     "audio": ("audio", "--audio"),
+    "seed": ("seed", "--seed"),
 }
 
 

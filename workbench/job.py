@@ -49,9 +49,11 @@ class JobConfig:
     truncate: bool = False      # cut inputs longer than the model's context to its length
     max_save_gib: float = 2.0   # refuse before tracing when saved patterns would need more
     params_from_text: bool = False  # params values are text typed by a person (the CLI)
+    device: str | None = None   # load(device=): "cpu" (default) | "cuda" | "cuda:N"
+    dtype: str | None = None    # load(dtype=): "float32" (default) | "bfloat16" | "float16" | "auto"
 
     def __post_init__(self) -> None:
-        for name, lo in (("max_prompts", 1), ("max_tokens", 2), ("batch_size", 1), ("save_patterns", 0)):
+        for name, lo in (("max_prompts", 1), ("max_tokens", 2), ("batch_size", 1), ("save_patterns", 0), ("seed", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise user_error("{%s} must be an integer >= {lo}, got {v!r}" % name, lo=lo, v=v)
@@ -204,7 +206,7 @@ def trace_job(cfg: JobConfig) -> tuple[Path, dict]:
 
     backend = requested()           # a bad $WORKBENCH_BACKEND is refused before the model loads
     waves = checked.waves
-    model = load_checked(cfg.model, quiet=cfg.quiet)
+    model = load_checked(cfg.model, quiet=cfg.quiet, device=cfg.device, dtype=cfg.dtype)
     t_load = time.perf_counter() - t0
     if model.is_audio:
         batch, prompt_set = _audio_inputs(cfg, model, waves)

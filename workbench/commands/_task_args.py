@@ -13,9 +13,17 @@ def add_task_args(p) -> None:
                                   "(default: ioi, similarity or speech by model kind)")
     p.add_argument("--n", type=int, default=None, metavar="N", help="number of prompt pairs (default: the task's)")
     p.add_argument("--seed", type=int, default=0)
+    add_placement_args(p)
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def add_placement_args(p) -> None:
+    """``--device`` and ``--dtype`` (``workbench.load(device=, dtype=)``), for run, patch and prune."""
+    p.add_argument("--device", default=None, help="cpu (default) | cuda | cuda:N")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "auto"),
+                   help="weights dtype (default float32; auto: the checkpoint's)")
 
 
 def at_least(value, flag: str, lo) -> None:
@@ -36,6 +44,7 @@ def check_task_args(args) -> None:
     from ..zoo._resolve import check_source
 
     at_least(args.n, "--n", 1)
+    at_least(args.seed, "--seed", 0)
     check_target(args.out, force=args.force)
     check_source(args.model)
     if args.task is not None and args.task not in TASKS:
@@ -50,7 +59,7 @@ def load_task(args):
     from ..tasks import DEFAULT_TASK, TASKS, build
     from ..zoo._resolve import load_checked
 
-    model = load_checked(args.model, quiet=args.quiet)
+    model = load_checked(args.model, quiet=args.quiet, device=args.device, dtype=args.dtype)
     name = args.task or DEFAULT_TASK.get(model.kind)
     if name is None:
         raise UserError(f"{args.model} is a {model.kind} model: there is no default task; give --task FILE.jsonl")
