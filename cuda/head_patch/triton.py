@@ -31,10 +31,10 @@ def _head_patch(ZB, ZN, ROWS, HEADS, W, BIAS, MASK, BASE, OUT,
                 D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
                 MODE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr,
                 IEEE: tl.constexpr):
-    v = tl.program_id(0)
+    v = tl.program_id(0).to(tl.int64)               # int64 offsets: large V x T x d_model
     pid_t = tl.program_id(1)
     pid_n = tl.program_id(2)
-    row = tl.load(ROWS + v)
+    row = tl.load(ROWS + v).to(tl.int64)
     head = tl.load(HEADS + v)
     ts = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -85,7 +85,7 @@ def _stats_rows(Q, K, M, SINK, KEYS, LSE, ENT, MPOS, MPROB, KMASS, NKEYS,
                 MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
                 HAS_SINKS: tl.constexpr, SEL_P: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)              # int64 offsets: b * batch stride passes 2^31 at long T
     b = bh // H
     h = bh % H
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -171,7 +171,7 @@ def _stats_cols(Q, K, M, LSE, QW, COL, CNT,
                 MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
                 HAS_QW: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
     pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)              # int64 offsets: b * batch stride passes 2^31 at long T
     b = bh // H
     h = bh % H
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
