@@ -51,6 +51,7 @@ def _check_trace_heads(text: str) -> None:
     rate = float(_find(r"270 heads; sink rate ([\d.]+)%", text))
     assert 5 < rate <= 100
     assert "pattern self/0 [batch, head, query, key]" in text and "(4, 9, 64, 64)" in text
+    assert "head self/0/2 of input 1: (64, 64) equal to the trace: True" in text   # open_run of the saved run
 
 
 def _check_whisper_heads(text: str) -> None:

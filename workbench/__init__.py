@@ -21,6 +21,7 @@ _LAZY = {
     "SetZ": ".capture", "Stats": ".capture", "Z": ".capture",
     "Model": ".model", "wrap": ".model",
     "load_heads": ".runs", "load_meta": ".runs", "save_run": ".runs",
+    "list_runs": ".run_folder", "open_run": ".run_folder",
     "SiteNotFiredError": ".trace", "Trace": ".trace",
     "BUILTINS": ".zoo", "load": ".zoo",
 }
