@@ -174,3 +174,23 @@ def test_on_cuda_captures_and_patching_match_the_cpu(family, dtype):
     assert fast.per_input.device.type == "cpu"                   # results come back on the CPU
     assert (fast.per_input - naive.per_input).abs().max().item() <= (1e-5 if dtype == torch.float32 else 1e-2)
 
+
+
+def test_cli_device_and_dtype_reach_the_model_and_meta_json(tmp_path, capsys):
+    import json
+
+    from workbench.cli import main
+
+    out = tmp_path / "run"
+    code = main(["run", "minilm-l6", "--dtype", "bfloat16", "--device", "cpu", "--max-prompts", "2",
+                 "--max-tokens", "8", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    model = json.loads((out / "meta.json").read_text())["model"]
+    assert (model["dtype"], model["device"], model["device_map"]) == ("bfloat16", "cpu", None)
+    if not HAS_CUDA:
+        for cmd in ("run", "patch", "prune"):
+            capsys.readouterr()
+            code = main([cmd, "smollm2-135m", "--device", "cuda", "--out", str(tmp_path / f"cuda-{cmd}"), "--quiet"])
+            err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+            assert code == 2 and len(err) == 1 and "no CUDA device" in err[0], (cmd, err)
+            assert not (tmp_path / f"cuda-{cmd}").exists()

@@ -104,10 +104,10 @@ def meta_json_schema() -> dict:
 
 
 def model_block(model) -> dict:
-    """``meta["model"]`` of a loaded ``workbench.Model`` (name, source, family, kind, dtype,
-    weights hash and format)."""
+    """``meta["model"]`` of a loaded ``workbench.Model`` (name, source, family, kind, device,
+    dtype, device map, weights hash and format)."""
     return {"name": model.name, "source": model.source, "family": model.family.name, "kind": model.kind,
-            "dtype": str(model.dtype).removeprefix("torch."),
+            **model.placement,
             "weights_sha256": model.meta.get("weights_sha256"), "format": model.meta.get("format")}
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 
 def register(sub) -> None:
+    from ._task_args import add_placement_args
+
     p = sub.add_parser("run", help="trace a model on real input, run analyses, write a run folder")
     p.add_argument("model", help="built-in name (see `workbench models`), local HF folder or hub id")
     p.add_argument("--prompts", help="natural | random | repeated | FILE (one prompt per line, or .jsonl with 'text')")
@@ -25,6 +27,7 @@ def register(sub) -> None:
                    help="refuse before tracing when the kept patterns would take more memory (default 2)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    add_placement_args(p)
     p.add_argument("--out", required=True, type=Path, help="run folder to create")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -40,6 +43,7 @@ def run(args) -> int:
         max_tokens=args.max_tokens, save_patterns=args.save_patterns, batch_size=args.batch_size, seed=args.seed,
         params=parse_params(args.param), params_from_text=True, force=args.force, quiet=args.quiet,
         command=shlex.join(["workbench", *sys.argv[1:]]), truncate=args.truncate, max_save_gib=args.max_save_gib,
+        device=args.device, dtype=args.dtype,
     )
     out, meta = trace_job(cfg)
     print(format_summary(meta, out))
