@@ -146,3 +146,17 @@ def test_one_user_error_type_and_python_messages_name_arguments(tmp_path):
     with pytest.raises(UserError) as e:
         trace_job(JobConfig("minilm-l6", tmp_path / "x", params={"flow": {"max_work": 5}}))
     assert "params" in str(e.value) and "--param" not in str(e.value)
+
+
+def test_units_of_another_sweep_are_refused_in_one_line_and_kept(tmp_path, capsys):
+    from tiny import tiny_hf
+    from workbench.patching import UnitStore
+
+    tiny_hf("gpt2").save_pretrained(tmp_path / "tiny")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"clean": [1, 2, 3], "corrupt": [1, 5, 3], "target": 4, "distractor": 6}))
+    UnitStore(tmp_path / "u" / "exact", "fingerprint-of-another-sweep")
+    capsys.readouterr()
+    line = one_line_error(*cli(capsys, "patch", tmp_path / "tiny", "--task", pairs, "--units", tmp_path / "u",
+                               "--out", tmp_path / "x", "--quiet"), "different sweep", "--units")
+    assert "store" not in line and (tmp_path / "u" / "exact" / "sweep.json").is_file()

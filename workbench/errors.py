@@ -27,6 +27,7 @@ ARG_NAMES = {
     "prompts": ("prompts", "--prompts"),
     "audio": ("audio", "--audio"),
     "seed": ("seed", "--seed"),
+    "store": ("store", "--units"),
 }
 
 

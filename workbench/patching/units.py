@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
+from ..errors import user_error
+
 
 @dataclass(frozen=True, order=True)
 class Unit:
@@ -92,7 +94,7 @@ class UnitStore:
     Temporary files a killed writer left (``.<unit id>.*.tmp``) are removed on opening.
 
     Raises:
-        ValueError: ``folder`` records a different sweep (another fingerprint).
+        UserError: ``folder`` records a different sweep (another fingerprint).
     """
 
     def __init__(self, folder: str | os.PathLike, fingerprint: str):
@@ -104,8 +106,10 @@ class UnitStore:
         if fp.is_file():
             have = json.loads(fp.read_text()).get("fingerprint")
             if have != fingerprint:
-                raise ValueError(f"unit folder {self.folder} holds units of a different sweep "
-                                 f"(fingerprint {have} != {fingerprint}); delete it or choose another folder")
+                raise user_error("unit folder {folder} holds finished units of a different sweep (another model, "
+                                 "inputs, method or settings: fingerprint {have} != {fp}); rerun that sweep to "
+                                 "finish it, delete the folder, or give another {store}",
+                                 folder=self.folder, have=have, fp=fingerprint)
         else:
             fp.write_text(json.dumps({"fingerprint": fingerprint}))
         self.fingerprint = fingerprint
