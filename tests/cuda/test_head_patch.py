@@ -101,3 +101,33 @@ def test_bad_arguments_are_user_errors():
         head_patch(z, torch.zeros(1, 3, 8), torch.tensor([0]), torch.tensor([4]), w)
     with pytest.raises(UserError, match="needs base_out"):
         head_patch(z, torch.zeros(1, 3, 8), torch.tensor([0]), torch.tensor([0]), w, mode="rank")
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+@pytest.mark.parametrize("family,per_position", [("llama", False), ("bert", False), ("gpt2", True)])
+def test_fast_patching_through_the_kernel_equals_naive(family, per_position, monkeypatch):
+    """The fast exact path with the Triton head_patch (WORKBENCH_BACKEND=triton; GQA, a biased
+    encoder projection, GPT-2's Conv1D projection per position) equals the naive loop."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from test_patching import TOL, metric_for, pair, sharpened
+
+    from workbench.cuda import _backend
+    from workbench.patching import patch
+
+    m = sharpened(family)
+    clean, corrupt = pair(family, m)
+    met = metric_for(family, m, clean)
+    heads = [h for h in m.heads() if h.head in (0, 3)]
+    kw = dict(corrupt=corrupt, heads=heads, per_position=per_position)
+    naive = patch(m, clean, met, method="naive", **kw)
+    monkeypatch.setenv(_backend.ENV, "triton")
+    monkeypatch.setattr(_backend, "_USED", {})
+    fast = patch(m, clean, met, method="exact", max_rows=16, **kw)
+    assert _backend.used()["head_patch"] == ["triton"]
+    assert naive.per_input.abs().max() > 1e-4
+    torch.testing.assert_close(fast.per_input, naive.per_input, atol=TOL, rtol=0)
+    for key in naive.per_position or {}:
+        torch.testing.assert_close(fast.per_position[key], naive.per_position[key], atol=TOL, rtol=0)

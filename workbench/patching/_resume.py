@@ -183,7 +183,8 @@ class Resumable:
         as one batch. ``patches`` lists ``(key, lo, hi, kind, tensor)``: rows lo..hi-1 (all
         joining at the layer of site ``key``) are patched there, ``kind`` ``"z"`` (tensor
         [hi-lo, T, head * d_head] replaces the output projection's input, concat_h z_h) or
-        ``"rank"`` (tensor [hi-lo, T, d_model] is added to its output: the rank-d_head update).
+        ``"rank"`` (tensor [hi-lo, T, d_model] is added to its output: the rank-d_head update)
+        or ``"out"`` (tensor [hi-lo, T, d_model] replaces its output: the fused kernel's result).
         ``start`` > 0 (causal decoder-only models only) replays positions ``start..T-1``; the
         caller guarantees no patch changes anything before ``start``.
         """
@@ -282,6 +283,12 @@ class Resumable:
 
 def _patch_hook(o_proj, lo: int, hi: int, kind: str, t: torch.Tensor):
     """Patch rows lo..hi-1 at an output projection (see ``Resumable.run_rows``)."""
+    if kind == "out":                  # the projection's patched output itself (workbench.cuda.head_patch)
+        def post_out(mod, args, out):
+            out = out.clone()
+            out[lo:hi] = t.to(out.device, out.dtype)
+            return out
+        return o_proj.register_forward_hook(post_out)
     if kind == "z":
         def pre(mod, args):
             x = args[0].clone()

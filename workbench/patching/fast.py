@@ -15,6 +15,10 @@ Two ways to apply the patch at the patched layer (``update``):
 - ``"z"`` (default): the output projection runs on concat z' (z'_h substituted into its
   input). The replay is then bit-for-bit the computation of the naive loop (CPU kernels
   here are batch-invariant), so fast and naive agree to float32 round-off (tested <= 1e-5).
+  Where the backend switch picks Triton (CUDA tensors, ``workbench.cuda``), the projection of
+  the spliced input runs in ``workbench.cuda.head_patch``'s kernel instead, which never builds
+  the [variants, pos, head * d_head] input (float32 accumulation; equal to naive within
+  round-off, tested under ``TRITON_INTERPRET=1``).
 - ``"rank"``: the rank-d_head update (z'_h - z_h) W_O[h] (float64) is added to the clean
   projection's output. Exact in real arithmetic; in float32 the projection's own round-off
   differs between o_proj(z) + update and o_proj(z'), and a deep model amplifies that
@@ -101,6 +105,15 @@ def fast_effects(res: Resumable, sites: list, z_src: dict, metric, index: torch.
     return out
 
 
+def _fused(res, key, zb: torch.Tensor) -> bool:
+    """Whether update "z" runs through ``workbench.cuda.head_patch``'s Triton kernel (the
+    backend switch: CUDA tensors, or ``backend="triton"``); otherwise the output projection
+    runs on the spliced input, bit for bit the naive loop's computation."""
+    from ..cuda._backend import choose
+
+    return choose("head_patch", None, zb) == "triton" and res.model.out_proj(*key).weight.device.type != "meta"
+
+
 def _lexsort(*keys) -> np.ndarray:
     return np.lexsort([k.numpy() for k in reversed(keys)], axis=0)
 
@@ -128,7 +141,14 @@ def _chunk(res, sname, sites, rows, layer, z_src, metric, index, base_metric, pe
         mask = mask.to(dev)
         changed[lo:hi_] = (mask & (zs[ii, :, h] != zb[ii, :, h]).any(-1)).cpu()
         n_heads, d_head = zb.shape[2:]
-        if update == "z":
+        if update == "z" and _fused(res, key, zb):          # Triton: never builds the spliced input
+            from ..cuda import head_patch
+
+            b_o = res.model.b_O(*key)
+            y = head_patch(zb, zs[ii, :, h], ii, h, res.model.W_O(*key).detach().to(dev),
+                           None if b_o is None else b_o.detach().to(dev), mask=mask)
+            patches.append((key, lo, hi_, "out", y))
+        elif update == "z":
             sel_h = mask[:, :, None] & (torch.arange(n_heads, device=dev)[None, None, :] == h[:, None, None])
             x_new = torch.where(sel_h[..., None], zs[ii], zb[ii]).reshape(hi_ - lo, t, n_heads * d_head)
             patches.append((key, lo, hi_, "z", x_new))
