@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -85,3 +86,29 @@ def test_circuit_bad_input_is_one_line(tiny, capsys, extra, needle):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("workbench: error:") and needle in err[0], err
     assert not (tiny / "bad").exists()
+
+
+def test_circuits_page_figures_from_the_run_folders(tiny):
+    """The dashboard's figure builders read the run folders the CLI wrote (no torch in them)."""
+    from workbench.app.pages.circuits import analyses, figure
+    from workbench.app.store import RunStore
+
+    for name, extra in (("dla", ["--analysis", "dla"]), ("comp", ["--analysis", "composition"]),
+                        ("qk", ["--analysis", "qk", "--head", "self/1/2"]),
+                        ("path", ["--analysis", "path", "--receivers", "self/1/0,self/1/3"])):
+        if not (tiny / name).exists():
+            assert _run(tiny, tiny / name, *extra) == 0
+    store = RunStore(tiny)
+    fig, why = figure(store, store.run("dla"), "dla")
+    assert why is None and len(fig.data[0].y) == min(25, len(pd.read_parquet(tiny / "dla" / "dla_components.parquet")
+                                                          .component.unique()))
+    path = pd.read_parquet(tiny / "path" / "path.parquet")
+    fig, _ = figure(store, store.run("path"), "path", "k")
+    z = np.array(fig.data[0].z, dtype=float)
+    want = path[path.kind == "k"].pivot_table(index="sender", columns="receiver", values="effect")
+    assert z.shape == want.shape and np.allclose(np.nansum(z), want.values.sum())
+    fig, _ = figure(store, store.run("comp"), "composition", "v")
+    assert np.array(fig.data[0].z, dtype=float).shape == (4, 4)
+    fig, _ = figure(store, store.run("qk"), "qk")
+    assert {d.name for d in fig.data} == {"via query", "via key"}
+    assert analyses(store.run("qk")) == ["qk"]

@@ -2,6 +2,6 @@
 ``register(app)`` that calls ``dash.register_page`` and attaches its small callbacks
 (``server.create_app`` calls it for every page). Component ids are prefixed by the page.
 """
-from . import detail, export, flow, grid, patching, runs
+from . import circuits, detail, export, flow, grid, patching, runs
 
-PAGES = (runs, grid, detail, flow, patching, export)
+PAGES = (runs, grid, detail, flow, patching, circuits, export)

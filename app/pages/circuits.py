@@ -1,0 +1,132 @@
+"""Circuits page: what a ``workbench circuit`` run holds, drawn from its tables.
+
+- ``dla``: the largest direct logit attributions (mean over inputs) of every component
+  (embeddings, heads, MLPs, biases) from ``dla_components.parquet``; per-head ``dla.value``
+  is also a column of the Head grid.
+- ``path``: sender x receiver heatmap of path-patching effects with a q | k | v selector.
+- ``composition``: sender x receiver heatmap of composition score minus the random-matrix
+  baseline, q | k | v selector (the receivers with the largest scores when there are many).
+- ``qk``: for the run's head and key position, each upstream component's share of the
+  scores through the query and through the key (``qk_summary.parquet``).
+
+Figure builders are plain functions of DataFrames (no torch, no model).
+"""
+from __future__ import annotations
+
+import dash
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from dash import Input, Output, State, dcc, html
+
+from ..components import control, dropdown, message
+from ..run import Run, RunError
+from ..run_page import register_run_switch, run_page
+from ..view import current_store
+
+KINDS = ("q", "k", "v")
+TOP = 25
+
+
+def analyses(run: Run) -> list[str]:
+    """The circuit analyses of a run (``meta.json`` analyses ``circuit.<name>``)."""
+    return [k.split(".", 1)[1] for k in (run.meta.get("analyses") or {}) if k.startswith("circuit.")]
+
+
+def dla_figure(components: pd.DataFrame, top: int = TOP) -> go.Figure:
+    """Horizontal bars: the ``top`` components by |mean DLA| (nats)."""
+    mean = components.groupby("component")["dla"].mean()
+    mean = mean.reindex(mean.abs().sort_values(ascending=False).index).head(top)[::-1]
+    fig = go.Figure(go.Bar(x=mean.values, y=list(mean.index), orientation="h",
+                           marker_color=np.where(mean.values >= 0, "#b2182b", "#2166ac"),
+                           hovertemplate="%{y}: %{x:.4g} nats<extra></extra>"))
+    fig.update_layout(title={"text": f"direct logit attribution, top {len(mean)} components (mean over inputs)",
+                             "x": 0.01}, height=180 + 18 * len(mean), xaxis_title="nats", margin={"l": 120})
+    return fig
+
+
+def pair_heatmap(table: pd.DataFrame, value: str, kind: str, title: str, top: int | None = None) -> go.Figure:
+    """Sender x receiver heatmap of ``value`` for one kind (q|k|v), diverging around 0;
+    with ``top``, only the receivers with the largest |value| somewhere."""
+    t = table[table["kind"] == kind]
+    grid = t.pivot_table(index="sender", columns="receiver", values=value, aggfunc="mean")
+    if top is not None and grid.shape[1] > top:
+        grid = grid[grid.abs().max().sort_values(ascending=False).index[:top]]
+    order = lambda names: sorted(names, key=lambda n: (n.split("/")[0], *map(int, n.split("/")[1:])))  # noqa: E731
+    grid = grid.reindex(index=order(grid.index), columns=order(grid.columns))
+    lim = float(np.nanmax(np.abs(grid.values))) if grid.size else 1.0
+    fig = go.Figure(go.Heatmap(z=grid.values, x=list(grid.columns), y=list(grid.index), colorscale="RdBu_r",
+                               zmid=0.0, zmin=-lim, zmax=lim, colorbar={"title": value},
+                               hovertemplate="sender %{y} → receiver %{x}<br>%{z:.4g}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", title_text="sender")
+    fig.update_xaxes(title_text="receiver", tickangle=-45)
+    fig.update_layout(title={"text": title, "x": 0.01}, height=max(360, min(1400, 140 + 6 * len(grid.index))))
+    return fig
+
+
+def qk_figure(summary: pd.DataFrame, head: str, key: int, top: int = TOP) -> go.Figure:
+    """Grouped bars: each component's mean share of the scores to key ``key``, via the query
+    and via the key, for the ``top`` components by |via_query| + |via_key|."""
+    s = summary.assign(size=summary.via_query.abs() + summary.via_key.abs()).nlargest(top, "size")[::-1]
+    fig = go.Figure([go.Bar(x=s.via_query, y=s.component, orientation="h", name="via query"),
+                     go.Bar(x=s.via_key, y=s.component, orientation="h", name="via key")])
+    fig.update_layout(barmode="group", height=180 + 26 * len(s), margin={"l": 120},
+                      title={"text": f"{head}: what drives its scores to key position {key}", "x": 0.01},
+                      xaxis_title="share of the pre-softmax score")
+    return fig
+
+
+def figure(store, run: Run, analysis: str, kind: str = "q"):
+    """(figure, note) for one analysis of a run; (None, why) when its table is missing."""
+    info = (run.meta.get("analyses") or {}).get(f"circuit.{analysis}", {})
+    if analysis == "dla":
+        t = store.table(run.name, "dla_components")
+        return (dla_figure(t), None) if t is not None else (None, "dla_components.parquet is missing")
+    if analysis == "path":
+        t = store.table(run.name, "path")
+        title = f"path patching effect via {kind} (metric units)"
+        return (pair_heatmap(t, "effect", kind, title), None) if t is not None else (None, "path.parquet is missing")
+    if analysis == "composition":
+        t = store.table(run.name, "composition")
+        title = f"{kind}-composition minus random baseline (top {TOP} receivers)"
+        return ((pair_heatmap(t, "excess", kind, title, top=TOP), None) if t is not None
+                else (None, "composition.parquet is missing"))
+    t = store.table(run.name, "qk_summary")
+    return ((qk_figure(t, info.get("head", "?"), info.get("key", 0)), None) if t is not None
+            else (None, "qk_summary.parquet is missing"))
+
+
+def _body(store, run: Run) -> tuple[list, dict]:
+    found = analyses(run)
+    if not found:
+        return [message(f"run {run.name!r} has no circuit analysis; `workbench circuit MODEL --analysis "
+                        "dla|path|qk|composition` adds one.", "info")], {"run": run.name}
+    analysis = found[0]
+    try:
+        fig, why = figure(store, run, analysis)
+    except RunError as exc:
+        fig, why = None, str(exc)
+    kinds = html.Div(control("q | k | v", dropdown("circuits-kind", list(KINDS), "q")), className="controls",
+                     style={"display": "flex" if analysis in ("path", "composition") else "none"})
+    return [kinds, message(why, "error") if why else html.Div(),
+            dcc.Graph(id="circuits-graph", figure=fig or {})], {"run": run.name, "analysis": analysis}
+
+
+def layout(run=None, **_q):
+    return run_page("circuits", "Circuits", "DLA, path patching, QK attribution, composition", _body, run)
+
+
+def register(app: dash.Dash) -> None:
+    dash.register_page(__name__, path="/circuits", name="Circuits", title="workbench · circuits", order=5,
+                       layout=layout)
+    register_run_switch(app, "circuits", _body)
+
+    @app.callback(Output("circuits-graph", "figure"), Input("circuits-kind", "value"),
+                  State("circuits-run", "value"), State("circuits-view", "data"), prevent_initial_call=True)
+    def _kind(kind, name, view):
+        store = current_store()
+        try:
+            fig, _ = figure(store, store.run(name), (view or {}).get("analysis", "path"), kind or "q")
+        except (RunError, ValueError) as exc:
+            return {"layout": {"title": {"text": str(exc)}}}
+        return fig or {}
