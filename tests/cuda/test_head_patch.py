@@ -48,10 +48,12 @@ def poisoned(monkeypatch):
                                                                                       dtype=dtype, device=device))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode", ["z", "rank"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("name", list(CASES))
+RUNS = [(n, d, m, b) for n in CASES for d in (torch.float32, torch.bfloat16) for m in ("z", "rank")
+        for b in BACKENDS if b == "torch" or d == torch.float32 or n == "T37_d80_bias_mask"]
+
+
+@pytest.mark.parametrize("name,dtype,mode,backend", RUNS,
+                         ids=[f"{n}-{str(d)[6:]}-{m}-{b}" for n, d, m, b in RUNS])
 def test_head_patch_matches_a_per_variant_loop(name, dtype, mode, backend, poisoned):
     c = CASES[name]
     seed = random.randrange(2**31)
@@ -120,7 +122,7 @@ def test_fast_patching_through_the_kernel_equals_naive(family, per_position, mon
     m = sharpened(family)
     clean, corrupt = pair(family, m)
     met = metric_for(family, m, clean)
-    heads = [h for h in m.heads() if h.head in (0, 3)]
+    heads = [h for h in m.heads() if h.head in (0, 3) and h.layer == 1]      # both GQA groups, last layer
     kw = dict(corrupt=corrupt, heads=heads, per_position=per_position)
     naive = patch(m, clean, met, method="naive", **kw)
     monkeypatch.setenv(_backend.ENV, "triton")
