@@ -183,9 +183,11 @@ def _per_position(model, clean, ro: Readout, g: torch.Tensor) -> dict:
     out = {}
     for site in clean.sites:
         q, k, v, mask, call, _ = clean.qkv[site.key]
-        pattern, _ = attention_probs(model.attention_module(*site.key), q, k, mask, *call)  # [n, H, T, S]
-        n, h, t, s = pattern.shape
-        rows = torch.take_along_dim(pattern.double(), ro.pos[:, None, :, None].expand(n, h, -1, s), dim=2)
+        lo, hi = int(ro.pos.min()), int(ro.pos.max()) + 1                # only the query rows read
+        pattern, _ = attention_probs(model.attention_module(*site.key), q, k, mask, *call, rows=slice(lo, hi))
+        n, h, _, s = pattern.shape                                                    # [n, H, hi - lo, S]
+        rel = (ro.pos - lo).to(pattern.device)
+        rows = torch.take_along_dim(pattern.double(), rel[:, None, :, None].expand(n, h, -1, s), dim=2)
         w_o = model.W_O(site.stream, site.layer).detach().double()
         og = torch.einsum("hdm,nkm->hnkd", w_o, g)                                   # [H, n, k, d_head]
         vr = repeat_kv(v, h).double()                                                # [n, H, S, d_head]
