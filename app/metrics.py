@@ -32,7 +32,7 @@ from ..schema import HEAD_KEYS, analysis_of
 from ..schema import metric_columns as _metric_columns
 
 PREFERRED = ("entropy.mean_nats", "sinks.alpha1", "retrieval.score", "patch.effect",
-             "importance.michel", "taxonomy.class")
+             "importance.michel", "taxonomy.type", "taxonomy.class")
 EFFECT_PREFIXES = ("patch", "atp", "importance", "prune")
 MAGNITUDE_METHODS = ("atp*", "atp_star", "atp-star")
 SIGNED, MAGNITUDE, PLAIN = "signed", "magnitude", "plain"

@@ -12,7 +12,8 @@ import pandas as pd
 from .metrics import effect_columns, format_value, heatmap_columns, label
 from .run import Run
 
-CONTEXT = ("taxonomy.class", "entropy.mean_nats", "sinks.alpha1", "retrieval.score")
+TAXONOMY = ("taxonomy.type", "taxonomy.class")   # analyses/taxonomy.py writes type; older runs class
+CONTEXT = (*TAXONOMY, "entropy.mean_nats", "sinks.alpha1", "retrieval.score")
 FALLBACK = ("sinks.alpha1", "retrieval.score", "entropy.mean_nats")
 
 
@@ -64,8 +65,9 @@ def importance_report(run: Run, top: int = 15) -> str:
         lines += [f"## Top {top} heads by {label(c)}", ""]
         lines += _table(heads, c, top, by_abs=c in effect_columns(heads))
         lines.append("")
-    if "taxonomy.class" in heads.columns:
-        counts = heads.groupby(["stream", "taxonomy.class"]).size().unstack(fill_value=0)
+    tax = next((c for c in TAXONOMY if c in heads.columns), None)
+    if tax is not None:
+        counts = heads.groupby(["stream", tax]).size().unstack(fill_value=0)
         lines += ["## Taxonomy classes per stream", "",
                   "| stream | " + " | ".join(map(str, counts.columns)) + " |",
                   "|---" * (1 + len(counts.columns)) + "|"]

@@ -3,6 +3,7 @@
 - ``/download/<run>/<table>.csv`` and ``.parquet``: the head table (``heads``) or any extra
   ``<table>.parquet`` of the run;
 - ``/download/<run>/report.md``: the head-importance report;
+- ``/download/<run>/report.html``: the self-contained HTML report of ``workbench report``;
 - ``/media/<run>/audio/<index>.wav``: an input's waveform as 16-bit WAV.
 
 Run and table names go through ``RunStore`` validation; failures are a short text reply
@@ -14,6 +15,7 @@ import io
 
 from flask import Flask, Response
 
+from ..run_folder import RunFolder
 from .report import importance_report
 from .run import RunError
 from .store import RunStore
@@ -40,6 +42,24 @@ def audio_url(run: str, index: int) -> str:
     return f"/media/{run}/audio/{int(index)}.wav"
 
 
+class StoreRun(RunFolder):
+    """A run as ``workbench report`` reads it, with every file read through ``RunStore`` (names
+    validated, links out of RUNS_DIR refused)."""
+
+    def __init__(self, store: RunStore, name: str):
+        run = store.run(name)
+        super().__init__(store.resolve(name), run.meta, run.heads, "numpy")
+        self.tables = store.table_names(name)
+        self._tensors = {}
+        self._store = store
+
+    def table(self, name: str):
+        table = self._store.table(self.name, name)
+        if table is None:
+            raise RunError(f"run {self.name!r} has no table {name!r}")
+        return table
+
+
 def register_routes(server: Flask, store: RunStore) -> None:
     """Add the download and media routes to ``server``."""
 
@@ -51,6 +71,18 @@ def register_routes(server: Flask, store: RunStore) -> None:
             return _not_found(str(exc))
         return _attachment(text.encode(), "text/markdown; charset=utf-8",
                            f"{run}-head-importance.md")
+
+    @server.route("/download/<run>/report.html")
+    def _report_html(run: str):
+        from .._report_content import build
+        from .._report_render import to_html
+        from ..errors import UserError
+
+        try:
+            text = to_html(build(StoreRun(store, run)))
+        except (RunError, UserError) as exc:
+            return _not_found(store.clean(exc))
+        return _attachment(text.encode(), "text/html; charset=utf-8", f"{run}-report.html")
 
     @server.route("/download/<run>/<table>.<fmt>")
     def _download(run: str, table: str, fmt: str):

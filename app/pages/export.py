@@ -44,7 +44,11 @@ def _body(store, run: Run) -> tuple[list, dict]:
                   html.Div(html.A("Head-importance report (Markdown)", id="export-report",
                                   href=f"/download/{run.name}/report.md",
                                   download=f"{run.name}-head-importance.md"),
-                           className="downloads")], className="card"),
+                           className="downloads"),
+                  html.Div(html.A("Head report (HTML, works offline)", id="export-report-html",
+                                  href=f"/download/{run.name}/report.html",
+                                  download=f"{run.name}-report.html"), className="downloads")],
+                 className="card"),
         html.Div([html.H3(f"Head table ({len(heads)} heads)"), dash_table.DataTable(
             id="export-preview", data=_records(heads),
             columns=[_column(heads, c) for c in heads.columns],

@@ -35,3 +35,28 @@ def test_html_report_renders_offline(runs_dir, browser, tmp_path, compare):
     assert console_errors(browser) == []
     assert [u for u in browser.execute_script(_FETCHED) if not u.startswith("file:")] == []
     shot(browser, f"report-{'compare' if compare else 'single'}")
+
+
+def test_export_page_serves_the_html_report_through_the_store(client, runs_dir, tmp_path):
+    r = client.get("/download/smol/report.html")
+    assert r.status_code == 200 and r.mimetype == "text/html"
+    body = r.data.decode()
+    assert "<meta name='generator' content='workbench report'>" in body and "pruning curve" in body
+    assert client.get("/download/nope/report.html").status_code == 404
+    assert client.get("/download/future/report.html").status_code == 404      # newer schema_version: refused
+
+
+def test_taxonomy_type_of_real_runs_is_shown_like_taxonomy_class():
+    import pandas as pd
+
+    from workbench.app.metrics import metric_options
+    from workbench.app.report import importance_report
+    from workbench.app.run import Run
+
+    heads = pd.DataFrame({"stream": ["self"] * 3, "layer": [0, 0, 1], "head": [0, 1, 0],
+                          "sinks.alpha1": [0.9, 0.1, 0.5], "taxonomy.type": ["sink", "other", "sink"]})
+    run = Run("r", {"model": {"name": "m"}, "inputs": {"kind": "text", "items": []}, "analyses": {}}, heads)
+    text = importance_report(run)
+    assert "## Taxonomy classes per stream" in text and "| self | 1 | 2 |" in text
+    assert "taxonomy: type" in text.split("## Top")[1]
+    assert [o["value"] for o in metric_options(heads)][:2] == ["sinks.alpha1", "taxonomy.type"]
