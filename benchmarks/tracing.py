@@ -13,6 +13,21 @@ and for contrast one trace that keeps every layer's pattern, at T = 256, 2048 an
 (no all-patterns run at 4096: ~18 GiB).
 
     python benchmarks/tracing.py --memory-only
+
+Precision and dispatch (issue 10), each in a fresh process, side by side: the statistics
+trace at T = 2048 in float32 vs bfloat16 (``load(dtype=)``), and at T = 512 the plain model
+vs the same model dispatched with accelerate, layers 15-29 offloaded to disk
+(``load(device_map=..., offload_folder=...)``). Time of the forward, RSS after loading
+(the model) and peak RSS during the forward.
+
+    python benchmarks/tracing.py --precision
+
+Measured 2026-12-01 on the 2-core CI machine while other jobs loaded it (load average ~13,
+so the seconds are not comparable between rows; the RSS figures are): T = 2048 float32:
+1066 MiB after loading, +918 MiB during the trace; bfloat16: 809 MiB, +414 MiB (the trace's
+extra memory halves, the weights take ~260 MiB less). T = 512 plain: 1066 MiB, +158 MiB;
+offloaded: 871 MiB, +262 MiB (half the layers are not resident; streaming them in costs
+RSS during the forward).
 """
 from __future__ import annotations
 
@@ -68,13 +83,21 @@ def timing(reps: int, lens: bool) -> list[tuple[str, float]]:
 
 
 CHILD = r"""
-import json, sys, time, torch, workbench as wb
+import json, sys, tempfile, time, torch, workbench as wb
 from workbench import _attention
 from workbench.batch import Batch
 t, mode = int(sys.argv[1]), sys.argv[2]
+dtype = sys.argv[3] if len(sys.argv) > 3 else "float32"
+offload = len(sys.argv) > 4 and sys.argv[4] == "offload"
 if mode == "stats-1block":
     _attention.STATS_BLOCK_BYTES = 1 << 62
-model = wb.load("smollm2-135m")
+if offload:   # layers 15..29 on disk, the rest resident on the CPU
+    dm = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
+          **{f"model.layers.{i}": "cpu" if i < 15 else "disk" for i in range(30)}}
+    model = wb.load("smollm2-135m", dtype=dtype, device_map=dm, offload_folder=tempfile.mkdtemp() + "/offload")
+    assert len(model.offloaded) == 15
+else:
+    model = wb.load("smollm2-135m", dtype=dtype)
 g = torch.Generator().manual_seed(0)
 ids = torch.randint(100, 49000, (1, t), generator=g)
 batch = Batch({"input_ids": ids}, {"self": torch.ones_like(ids, dtype=torch.bool)})
@@ -97,15 +120,29 @@ print(json.dumps({"base_mib": base, "peak_mib": hwm_mib(), "seconds": seconds}))
 """
 
 
+def _child(*args) -> dict:
+    r = subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], capture_output=True, text=True)
+    if r.returncode != 0:
+        return {"error": r.stderr.strip().splitlines()[-1]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def precision():
+    """Statistics traces: T=2048 float32 vs bfloat16; T=512 plain vs offloaded (fresh processes).
+    Yields (run name, figures) as each finishes."""
+    runs = [("T=2048 stats float32", (2048, "stats", "float32")),
+            ("T=2048 stats bfloat16", (2048, "stats", "bfloat16")),
+            ("T=512 stats plain", (512, "stats", "float32")),
+            ("T=512 stats offloaded (15/30 layers on disk)", (512, "stats", "float32", "offload"))]
+    for name, args in runs:
+        yield name, _child(*args)
+
+
 def memory() -> list[tuple[int, str, dict]]:
     rows = []
     for t in (256, 2048, 4096):
         for mode in ("plain", "stats", "stats-1block") + (("pattern",) if t <= 2048 else ()):
-            r = subprocess.run([sys.executable, "-c", CHILD, str(t), mode], capture_output=True, text=True)
-            if r.returncode != 0:
-                rows.append((t, mode, {"error": r.stderr.strip().splitlines()[-1]}))
-                continue
-            rows.append((t, mode, json.loads(r.stdout.strip().splitlines()[-1])))
+            rows.append((t, mode, _child(t, mode)))
     return rows
 
 
@@ -114,7 +151,18 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--skip-lens", action="store_true")
     ap.add_argument("--memory-only", action="store_true")
+    ap.add_argument("--precision", action="store_true", help="only the dtype / dispatch table")
     args = ap.parse_args()
+    if args.precision:
+        print(f"\nsmollm2-135m statistics trace of all 270 heads, batch 1, CPU, torch threads = {torch.get_num_threads()}")
+        print(f"{'run':<46}{'seconds':>9}{'model MiB':>11}{'peak MiB':>10}{'added MiB':>11}", flush=True)
+        for name, r in precision():
+            if "error" in r:
+                print(f"{name:<46}  error: {r['error']}")
+            else:
+                print(f"{name:<46}{r['seconds']:>9.2f}{r['base_mib']:>11.0f}{r['peak_mib']:>10.0f}"
+                      f"{r['peak_mib'] - r['base_mib']:>11.0f}", flush=True)
+        return
     if not args.memory_only:
         rows = timing(args.reps, not args.skip_lens)
         base = rows[0][1]
