@@ -36,6 +36,7 @@ PREFERRED = ("entropy.mean_nats", "sinks.alpha1", "retrieval.score", "patch.effe
 EFFECT_PREFIXES = ("patch", "atp", "importance", "prune")
 MAGNITUDE_METHODS = ("atp*", "atp_star", "atp-star")
 SIGNED, MAGNITUDE, PLAIN = "signed", "magnitude", "plain"
+NOT_APPLICABLE = "n/a"
 
 
 def metric_columns(heads: pd.DataFrame) -> list[str]:
@@ -127,9 +128,10 @@ def exact_and_atp(heads: pd.DataFrame) -> tuple[str | None, str | None]:
 
 
 def format_value(value) -> str:
-    """Short text for a table cell: 4 significant digits for floats."""
+    """Short text for a table cell: 4 significant digits for floats; NaN (the metric does not
+    apply to this head, e.g. retrieval on a cross-attention head) is ``"n/a"``."""
     if isinstance(value, (bool, np.bool_)) or value is None:
         return str(bool(value)) if value is not None else "None"
     if isinstance(value, (float, np.floating)):
-        return "nan" if value != value else f"{float(value):.4g}"
+        return NOT_APPLICABLE if value != value else f"{float(value):.4g}"
     return str(value)

@@ -60,3 +60,17 @@ def test_taxonomy_type_of_real_runs_is_shown_like_taxonomy_class():
     assert "## Taxonomy classes per stream" in text and "| self | 1 | 2 |" in text
     assert "taxonomy: type" in text.split("## Top")[1]
     assert [o["value"] for o in metric_options(heads)][:2] == ["sinks.alpha1", "taxonomy.type"]
+
+
+def test_a_metric_that_does_not_apply_reads_n_a_not_nan():
+    import numpy as np
+    import pandas as pd
+
+    from workbench.app.fig_grid import head_grid_figure
+    from workbench.app.metrics import format_value
+
+    assert format_value(float("nan")) == "n/a" and format_value(np.float32("nan")) == "n/a"
+    heads = pd.DataFrame({"stream": ["cross", "cross"], "layer": [0, 0], "head": [0, 1],
+                          "retrieval.score": [np.nan, 0.5], "sinks.alpha1": [0.2, 0.3]})
+    hover = head_grid_figure(heads, "retrieval.score").data[0].text
+    assert "n/a" in str(hover) and "nan" not in str(hover).lower().replace("n/a", "")
