@@ -232,11 +232,11 @@ class Sweep:
             from ._resume import Resumable
 
             res = Resumable(self.model, base, self.edits, self.metric.positions()[st["idx"]], self.metric.output)
-            st.update(res=res, z_base=res.z, base_metric=self.metric.evaluate(res.output, st["idx"]).float().cpu())
+            st.update(res=res, z_base=res.z, base_metric=self.metric.evaluate(res.output, st["idx"]).cpu())
         elif method == "naive":
             with torch.no_grad():
                 tr = self.model.run(base, capture=[Z(self.keys)], edits=self.edits)
-            st.update(z_base=tr.z, base_metric=self.metric.evaluate(tr.output, st["idx"]).float().cpu())
+            st.update(z_base=tr.z, base_metric=self.metric.evaluate(tr.output, st["idx"]).cpu())
         self._setup_cache = (shard, st)
         return st
 
@@ -253,7 +253,7 @@ class Sweep:
                     sel = v[:, self.by_key[key]]                           # [n, heads(, pos)]
                     out[f"{name}:{key[0]}/{key[1]}"] = sel.transpose(0, 1).float().cpu().contiguous()
             return out
-        out = {"base_metric": st["base_metric"]}
+        out = {"base_metric": st["base_metric"].float()}
         if cfg.method == "exact":
             sites = [((s, l), list(h)) for s, l, h in unit.sites]
             src = {k: st["source"](k, st["z_base"][k]) for k, _ in sites}

@@ -167,7 +167,8 @@ def _chunk(res, sname, sites, rows, layer, z_src, metric, index, base_metric, pe
         return                                                        # nothing changes: effects exactly 0
     with torch.no_grad():
         o = res.run_rows(sname, layer.tolist(), i, patches, start)
-    vals = metric(o, index[i]).float().cpu() - base_metric[i].float().cpu()
+    # subtract in the metric's dtype (float64 models keep tiny effects), then float32 on the CPU
+    vals = (metric(o, index[i]).cpu() - base_metric[i]).float()
     for r in range(len(rows)):
         key = keys[r]
         if per_position:

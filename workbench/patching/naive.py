@@ -40,4 +40,4 @@ def naive_effects(model, batch, edits, key: tuple, heads: list[int], z_src: torc
 def _one(model, batch, edits, head, value, metric, index, base_metric) -> torch.Tensor:
     with torch.no_grad():
         trace = model.run(batch, edits=[*edits, SetZ(head, value)])
-    return metric.evaluate(trace.output, index).float().cpu() - base_metric.float().cpu()
+    return (metric.evaluate(trace.output, index).cpu() - base_metric.cpu()).float()
