@@ -29,8 +29,9 @@ _WARNED: set = set()
 _USED: dict[str, set[str]] = {}
 
 
-class BackendError(RuntimeError):
-    """``backend="triton"`` was asked for but Triton cannot run here (the message says why)."""
+class BackendError(UserError):
+    """``backend="triton"`` was asked for but Triton cannot run here (the message says why);
+    a ``UserError``: the CLI prints it as one line."""
 
 
 class KernelFallbackWarning(UserWarning):
@@ -87,7 +88,7 @@ def choose(op: str, backend: str | None, *tensors: torch.Tensor) -> str:
     elif name == "triton":
         why = triton_unavailable(*tensors)
         if why is not None:
-            raise BackendError(f"{op}: backend 'triton' cannot run: {why}")
+            raise BackendError(f"{op}: backend 'triton' cannot run: {why}; use backend 'auto' or 'torch'")
     _USED.setdefault(op, set()).add(name)
     return name
 

@@ -72,6 +72,7 @@ def test_explicit_triton_that_cannot_run_raises_with_the_reason(monkeypatch):
     monkeypatch.setattr(_backend, "_has_triton", lambda: False)
     with pytest.raises(BackendError, match="Triton is not installed"):
         _backend.choose("head_stats", "triton", q)
+    assert issubclass(BackendError, UserError)            # one line on the CLI
 
 
 def test_interpreter_counts_as_able_to_run(monkeypatch):
