@@ -69,10 +69,20 @@ def default_metric(heads: pd.DataFrame) -> str | None:
 
 
 def metric_options(heads: pd.DataFrame) -> list[dict]:
-    """Dropdown options, preferred metrics first."""
+    """Dropdown options, preferred metrics first; ``title`` (the tooltip) says what the metric's
+    analysis measures and where the definition comes from (``definition``)."""
     cols = metric_columns(heads)
     order = [c for c in PREFERRED if c in cols] + [c for c in cols if c not in PREFERRED]
-    return [{"label": label(c), "value": c} for c in order]
+    return [{"label": label(c), "value": c, "title": definition(c)} for c in order]
+
+
+def definition(column: str) -> str:
+    """One line for a metric column: what its analysis measures and the source (the method notes
+    of ``workbench report``); the column name alone for an analysis without a note."""
+    from .._report_content import NOTES
+
+    note = NOTES.get(analysis_of(column))
+    return f"{column}: {note[0]} ({note[1]})" if note else column
 
 
 def effect_columns(heads: pd.DataFrame) -> list[str]:

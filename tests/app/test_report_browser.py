@@ -74,3 +74,15 @@ def test_a_metric_that_does_not_apply_reads_n_a_not_nan():
                           "retrieval.score": [np.nan, 0.5], "sinks.alpha1": [0.2, 0.3]})
     hover = head_grid_figure(heads, "retrieval.score").data[0].text
     assert "n/a" in str(hover) and "nan" not in str(hover).lower().replace("n/a", "")
+
+
+def test_metric_menu_options_carry_a_definition_with_its_source():
+    import pandas as pd
+
+    from workbench.app.metrics import metric_options
+
+    heads = pd.DataFrame({"stream": ["self"], "layer": [0], "head": [0], "entropy.mean_nats": [1.0],
+                          "patch.effect": [0.1], "custom.x": [2.0]})
+    titles = {o["value"]: o["title"] for o in metric_options(heads)}
+    assert "nats" in titles["entropy.mean_nats"] and "Zhai et al. 2023" in titles["entropy.mean_nats"]
+    assert "Nanda 2023" in titles["patch.effect"] and titles["custom.x"] == "custom.x"
