@@ -110,6 +110,12 @@ def test_meta_records_the_backend(tmp_path, monkeypatch):
     out, _ = trace_job(JobConfig(out=tmp_path / "run", **cfg))
     meta = json.loads((out / "meta.json").read_text())
     assert meta["backend"] == {"requested": "auto", "ran": {"head_stats": ["torch"]}}
+    jsonschema = pytest.importorskip("jsonschema")
+    from workbench import schema
+
+    jsonschema.Draft202012Validator(schema.meta_json_schema()).validate(meta)
+    bad = dict(meta, backend={"requested": "cuda", "ran": {}})
+    assert not jsonschema.Draft202012Validator(schema.meta_json_schema()).is_valid(bad)
     monkeypatch.setenv(_backend.ENV, "nope")
     with pytest.raises(UserError, match="WORKBENCH_BACKEND is 'nope'"):
         trace_job(JobConfig(out=tmp_path / "bad", **cfg))
