@@ -126,26 +126,26 @@ class DLAResult:
 
 
 def _unembed(model) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """W_U [vocab, d_model] float64 and b_U [vocab] or None; UserError without an unembedding."""
+    """W_U [vocab, d_model] and b_U [vocab] or None (model dtype); UserError without an unembedding."""
     mod = model.unembed
     if mod is None or model.kind not in ("causal", "speech-seq2seq"):
         raise UserError(f"{model.name} has no unembedding (a {model.kind} model): logit attribution needs a "
                         "causal LM or Whisper")
     b = getattr(mod, "bias", None)
-    return model.W_U.detach().double().T, None if b is None else b.detach().double()
+    return model.W_U.detach().T, None if b is None else b.detach()            # native dtype: rows cast when read
 
 
 def _direction(model, clean, ro: Readout):
     """(g [n, k, d] float64 so that dla(c) = sum_k w_k c.g_k, bias/out value [n])."""
     w_u, b_u = _unembed(model)
-    u = w_u[ro.plus] - (w_u[ro.minus] if ro.minus is not None else 0)            # [n, k, d]
+    u = w_u[ro.plus].double() - (w_u[ro.minus].double() if ro.minus is not None else 0)     # [n, k, d]
     fin = NormLin(clean.norms["final"], gather(clean.norm_in["final"], ro.pos))
     g = fin.readout(u)
     bias = torch.zeros(u.shape[:2], dtype=torch.float64)
     if fin.beta is not None:
         bias = bias + (u * fin.beta).sum(-1)
     if b_u is not None:
-        bias = bias + b_u[ro.plus] - (b_u[ro.minus] if ro.minus is not None else 0)
+        bias = bias + b_u[ro.plus].double() - (b_u[ro.minus].double() if ro.minus is not None else 0)
     return g, (bias * ro.weight).sum(1)
 
 
