@@ -22,12 +22,17 @@ vs the same model dispatched with accelerate, layers 15-29 offloaded to disk
 
     python benchmarks/tracing.py --precision
 
-Measured 2026-12-01 on the 2-core CI machine while other jobs loaded it (load average ~13,
-so the seconds are not comparable between rows; the RSS figures are): T = 2048 float32:
-1066 MiB after loading, +918 MiB during the trace; bfloat16: 809 MiB, +414 MiB (the trace's
-extra memory halves, the weights take ~260 MiB less). T = 512 plain: 1066 MiB, +158 MiB;
-offloaded: 871 MiB, +262 MiB (half the layers are not resident; streaming them in costs
-RSS during the forward).
+Measured 2026-12-01, 2 CPU threads, one run of the four (load average ~3 from other jobs):
+
+    run                                  seconds  MiB after load  MiB added by the trace
+    T=2048 stats float32                   41.8        1066              814
+    T=2048 stats bfloat16                  54.4         809              359
+    T=512  stats plain                      8.1        1065              163
+    T=512  stats offloaded (15/30 disk)    10.6         871              286
+
+bfloat16 halves what the trace adds (359 vs 814 MiB) and the weights take ~260 MiB less,
+but is slower on this CPU (no native bfloat16 matmul). Offloading keeps half the layers
+off the RSS at rest; streaming them in costs time and RSS during the forward.
 """
 from __future__ import annotations
 
