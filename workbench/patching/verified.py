@@ -146,8 +146,9 @@ def verified_patch(model, clean, metric, *, corrupt=None, heads=None, k: int = 4
     picked = [rest[int(j)] for j in torch.randperm(len(rest), generator=g)[:sample].tolist()]
     rows = sorted(chosen + picked)
     t1 = time.perf_counter()
+    exact_kw = {"sites_per_unit": None, **common}     # K heads scattered over the layers: one pipelined unit
     exact = patch(model, clean, metric, heads=[all_heads[i] for i in rows], method="exact",
-                  store=None if store is None else f"{store}/{STORES[1]}", **common)
+                  store=None if store is None else f"{store}/{STORES[1]}", **exact_kw)
     t_exact = time.perf_counter() - t1
     per_input = torch.full((n, len(clean)), float("nan"))
     per_input[torch.tensor(rows)] = exact.per_input
