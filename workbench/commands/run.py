@@ -78,8 +78,12 @@ def format_summary(meta: dict, out: Path) -> str:
     if "sinks" in s:
         rate = ", ".join(f"{k} {v:.1f}%" for k, v in s["sinks"]["sink_rate_percent"].items())
         strong = ", ".join(f"{d['head']} ({d['alpha1']:.2f})" for d in s["sinks"]["strongest"])
-        lines += [f"  sink rate (alpha1 > {meta['analyses']['sinks']['epsilon']}): {rate}",
-                  f"  strongest first-token sinks: {strong}"]
+        eps = meta["analyses"]["sinks"]["epsilon"]
+        lines.append(f"  sink heads (alpha1 > {eps} on most inputs, sinks.is_sink): {rate}")
+        if "per_input_rate_percent" in s["sinks"]:
+            gu = ", ".join(f"{k} {v:.1f}%" for k, v in s["sinks"]["per_input_rate_percent"].items())
+            lines.append(f"  sink rate per input (Gu et al. 2024, alpha1 > {eps}): {gu}")
+        lines.append(f"  strongest first-token sinks: {strong}")
     if "entropy" in s:
         for key in ("lowest", "highest"):
             heads = ", ".join(f"{d['head']} ({d['mean_norm']:.2f})" for d in s["entropy"][key])
