@@ -13,6 +13,9 @@ Steps:
    fast path (float32, bfloat16), the naive loop and AtP* on the device; error = max
    |difference| of the per-input effects vs the same method in float32 on the CPU.
 4. whisper-tiny.en encoder statistics in float16 (its checkpoint dtype) vs CPU float32.
+5. ``benchmarks/kernels.py``: the head-statistics Triton kernel vs its PyTorch reference
+   and a plain SDPA layer on a Llama-3-8B-shaped layer (bf16) at ``--kernel-lengths``
+   (CUDA only; ``--skip-kernels`` leaves it out).
 
 Time: wall clock of the step on the device (``torch.cuda.synchronize`` around it, one
 warm-up forward before the traces); peak memory: ``torch.cuda.max_memory_allocated``
@@ -146,6 +149,13 @@ def whisper(device) -> None:
     _row(f"whisper-tiny.en encoder Stats {model.dtype}".replace("torch.", ""), s, peak, f"entropy {err:.1e} nats")
 
 
+def kernels(device, lengths: str) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from kernels import gpu_check_rows                     # benchmarks/kernels.py
+
+    ROWS.extend(gpu_check_rows(device, tuple(int(x) for x in lengths.split(","))))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
@@ -153,6 +163,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--t", type=int, default=2048, help="tokens of the statistics trace (default 2048)")
     ap.add_argument("--layers", type=int, default=None, help="patch only the heads of the first LAYERS layers")
+    ap.add_argument("--kernel-lengths", default="4096,16384,65536", help="T of the kernel benchmark (comma list)")
+    ap.add_argument("--skip-kernels", action="store_true")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -166,6 +178,8 @@ def main(argv=None) -> int:
     steps = [("tests", gpu_tests)] if not args.skip_tests else []
     steps += [("tracing", lambda: tracing(device, args.t)), ("patching", lambda: patching(device, args.n, args.layers)),
               ("whisper", lambda: whisper(device))]
+    if device.type == "cuda" and not args.skip_kernels:
+        steps.append(("kernels", lambda: kernels(device, args.kernel_lengths)))
     for name, step in steps:
         try:
             ok = (step() is not False) and ok
