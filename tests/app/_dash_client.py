@@ -4,15 +4,19 @@ from __future__ import annotations
 ROUTER_OUTPUT = ".._pages_content.children..._pages_store.data.."
 
 
-def render(client, path: str, search: str = "") -> dict:
-    """Run the pages router callback; returns the rendered page (Dash component JSON)."""
-    body = {"output": ROUTER_OUTPUT,
+def router_request(path, search) -> dict:
+    """The body the browser posts to run the pages router callback for ``path`` and ``search``."""
+    return {"output": ROUTER_OUTPUT,
             "outputs": [{"id": "_pages_content", "property": "children"},
                         {"id": "_pages_store", "property": "data"}],
             "inputs": [{"id": "_pages_location", "property": "pathname", "value": path},
                        {"id": "_pages_location", "property": "search", "value": search}],
             "changedPropIds": ["_pages_location.pathname"], "state": []}
-    r = client.post("/_dash-update-component", json=body)
+
+
+def render(client, path: str, search: str = "") -> dict:
+    """Run the pages router callback; returns the rendered page (Dash component JSON)."""
+    r = client.post("/_dash-update-component", json=router_request(path, search))
     assert r.status_code == 200, r.data[:500]
     return r.get_json()["response"]["_pages_content"]["children"]
 

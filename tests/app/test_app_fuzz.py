@@ -6,7 +6,7 @@ saying what is wrong, never a traceback."""
 from __future__ import annotations
 
 import pytest
-from _dash_client import ROUTER_OUTPUT, render, texts
+from _dash_client import render, router_request, texts
 from _synth_runs import make_audio_run, make_broken_runs, make_text_run
 from dash._utils import split_callback_id
 
@@ -165,11 +165,5 @@ def test_pages_render_for_odd_query_strings(fuzz_app, page, search):
 def test_router_callback_with_wrong_types_is_a_400(fuzz_app):
     client, _ = fuzz_app
     for path, search in ((5, ""), ("/grid", ["?run=smol"]), (None, {"a": 1}), ("/grid", 10**30)):
-        body = {"output": ROUTER_OUTPUT,
-                "outputs": [{"id": "_pages_content", "property": "children"},
-                            {"id": "_pages_store", "property": "data"}],
-                "inputs": [{"id": "_pages_location", "property": "pathname", "value": path},
-                           {"id": "_pages_location", "property": "search", "value": search}],
-                "changedPropIds": ["_pages_location.pathname"], "state": []}
-        r = client.post("/_dash-update-component", json=body)
+        r = client.post("/_dash-update-component", json=router_request(path, search))
         assert r.status_code == 400, (path, search, r.status_code)
