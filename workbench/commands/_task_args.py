@@ -104,6 +104,12 @@ def units_note(units_root: Path) -> str:
             "rerun the same command to resume from them")
 
 
+def units_folder(out: Path) -> Path:
+    """Where a sweep writing the run folder ``out`` keeps its finished work units by default:
+    a hidden folder beside it, so a rerun of the same command finds them."""
+    return out.parent / f".{out.name}.units"
+
+
 def base_meta(model, task, args) -> dict:
     """``schema.base_meta`` for a task run: inputs are the task's clean prompts."""
     from ..schema import base_meta as meta

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from ._task_args import (add_task_args, at_least, base_meta, check_task_args, executor, load_task, remove_units,
-                         units_note)
+                         units_folder, units_note)
 
 
 def register(sub) -> None:
@@ -64,7 +64,7 @@ def run(args) -> int:
     model, task = load_task(args)
     if args.ablation == "resample" and task.corrupt is None:
         raise UserError(f"task {task.name} has no corrupt inputs; use --ablation zero|mean")
-    units_root = Path(args.units) if args.units else out.parent / f".{out.name}.units"
+    units_root = Path(args.units) if args.units else units_folder(out)
     results = []
     try:
         for m in methods:

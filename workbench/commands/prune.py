@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ._task_args import (add_task_args, at_least, base_meta, check_task_args, executor, load_task, remove_units,
-                         units_note)
+                         units_folder, units_note)
 
 
 def register(sub) -> None:
@@ -59,7 +59,7 @@ def run(args) -> int:
     model, task = load_task(args)
     if not args.quiet:
         print(f"pruning {model.name} on {task.name} ({len(task)} inputs), orders {', '.join(orders)}", file=sys.stderr)
-    units_root = out.parent / f".{out.name}.units"
+    units_root = units_folder(out)
     t0 = time.perf_counter()
     effect, reused_s, reused = None, 0.0, 0
     try:
