@@ -46,6 +46,9 @@ IMPL = "workbench"
 # T = 4096 (cache-sized blocks are faster), with less peak memory; 1 MiB was slower.
 STATS_BLOCK_BYTES = 4 << 20
 ACTIVE: contextvars.ContextVar = contextvars.ContextVar("workbench_active_trace", default=None)
+# q/k/v nodes (``workbench.patching.nodes``): when set, called first with every call's inputs,
+# ``fn(module, query, key, value, attention_mask, scaling, kwargs) -> (query, key, value)``
+INPUTS: contextvars.ContextVar = contextvars.ContextVar("workbench_attention_inputs", default=None)
 # keywords that do not change the attention probabilities: positions are already applied to
 # query/key (rotary), the rest are flags for what the model returns or caches
 INERT = frozenset({"position_ids", "cache_position", "use_cache", "output_attentions", "output_hidden_states",
@@ -142,6 +145,9 @@ def stats_blocks(query: torch.Tensor, key_len: int) -> list[slice]:
 
 def workbench_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention function registered as ``"workbench"``; see the module docstring."""
+    inputs = INPUTS.get()
+    if inputs is not None:
+        query, key, value = inputs(module, query, key, value, attention_mask, scaling, kwargs)
     trace = ACTIVE.get()
     fp32 = trace.model.family.eager_softmax_fp32 if trace is not None else True
     call = read_call(module, query, scaling, dropout, kwargs, fp32, traced=trace is not None)
