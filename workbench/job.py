@@ -161,7 +161,8 @@ def chunked_stats(model, batch: Batch, batch_size: int, quiet: bool):
 
 def kept_patterns(model, batch: Batch, n: int) -> dict:
     """Patterns of the first ``n`` inputs, cropped to real tokens / audio frames, float16:
-    {"pattern/<stream>/<layer>/<i>": [head, query, key]}."""
+    {"pattern/<stream>/<layer>/<i>": [head, query, key]}, and their value-output norms
+    {"value_norm/<stream>/<layer>/<i>": [head, key]} (``_value_norms``)."""
     if n == 0:
         return {}
     from .analyses._context import KEY_STREAM
@@ -174,6 +175,8 @@ def kept_patterns(model, batch: Batch, n: int) -> dict:
             q = int(sub.query_mask[stream][i].sum())
             k = int(sub.query_mask[KEY_STREAM[stream]][i].sum())
             out[f"pattern/{stream}/{layer}/{i}"] = p[i, :, :q, :k].to(torch.float16).clone()
+    from ._value_norms import value_norms      # value_norm/...: ||v_j W_O[h]|| per key (Kobayashi et al. 2020)
+    out.update(value_norms(model, sub))
     return out
 
 
