@@ -149,26 +149,34 @@ class UnitStore:
 def run_units(fn: Callable[[Unit], dict], units: Sequence[Unit], executor=None,
               store: UnitStore | None = None) -> dict[Unit, dict]:
     """Run ``units`` (skipping those ``store`` already holds) and return every unit's result."""
+    return dict(iter_units(fn, units, executor, store))
+
+
+def iter_units(fn: Callable[[Unit], dict], units: Sequence[Unit], executor=None,
+               store: UnitStore | None = None) -> Iterator[tuple[Unit, dict]]:
+    """``run_units`` one result at a time: (unit, result) for the units ``store`` holds (loaded
+    one by one), then for the others as the executor finishes them (each recorded in ``store``
+    first). A caller that folds results as they come (``dataset_stats``) keeps none of them.
+
+    Raises:
+        RuntimeError: after the last result, when the executor returned none for some unit."""
     executor = executor or InProcessExecutor()
-    results: dict[Unit, dict] = {}
-    todo = []
-    reused_s = 0.0
-    for u in units:
-        if store is not None and store.done(u):
-            results[u] = store.load(u)
-            reused_s += store.seconds(u)
-        else:
-            todo.append(u)
+    todo = [u for u in units if store is None or not store.done(u)]
+    reused = [u for u in units if store is not None and store.done(u)]
     if store is not None and hasattr(executor, "resumed"):
-        executor.resumed(len(units) - len(todo), len(units), reused_s)
+        executor.resumed(len(reused), len(units), sum(store.seconds(u) for u in reused))
+    seen = set()
+    for u in reused:
+        seen.add(u)
+        yield u, store.load(u)
     t = time.perf_counter()
     for unit, res in executor.map(fn, todo):
         now = time.perf_counter()
         if store is not None:
             store.save(unit, res, seconds=now - t)
-        results[unit] = res
+        seen.add(unit)
+        yield unit, res
         t = time.perf_counter()
-    missing = [u.id for u in units if u not in results]
+    missing = [u.id for u in units if u not in seen]
     if missing:
         raise RuntimeError(f"the executor returned no result for units {missing[:5]}")
-    return results
