@@ -6,9 +6,9 @@ Why a package beside ``patching`` and not files in ``analyses/``: the ``analyses
 reductions of a trace (patterns, statistics) to per-head tables; circuit analyses need the
 model's internals during a forward (every layer's residual, the norms' inputs, queries and
 keys) and its weights, as the patching engine does. They use ``Model``'s public accessors
-(stacks, out_proj, W_Q..W_O, final norm, unembedding); the few facts the accessors do not
-give yet (norm in front of each attention, post-norms, rotary) are
-one table in ``_parts.py``, the only place that looks at a family name.
+(stacks, out_proj, W_Q..W_O, final norm, unembedding, the norm in front of each attention,
+post-norms) and the family record (rotary); ``_parts.py`` reads them and refuses what the
+decompositions do not cover. No family name appears in this package.
 
     dla.dla(model, batch, metric)            direct logit attribution per component and per key position
     direct_patch.dla_patch(...)              ``workbench patch --method dla``: direct-path effect of a patch

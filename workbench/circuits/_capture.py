@@ -107,10 +107,10 @@ def stack_sites(model, stack) -> list[Site]:
 def record(model, batch, stack, *, edits=()) -> Clean:
     """Record the forward of ``batch`` for the residual stream of ``stack`` (module docstring);
     ``edits`` (``Ablate``, ``SetZ``) are active in it."""
-    from ._parts import attn_norm, extra, post_norms
+    from ._parts import attn_norm, check, post_norms
 
     sites = stack_sites(model, stack)
-    ex = extra(model)
+    check(model)
     c = Clean(model, batch, stack, sites)
     n = len(stack.layers)
     c.resid_in, c.resid_out = [None] * n, [None] * n
@@ -135,7 +135,7 @@ def record(model, batch, stack, *, edits=()) -> Clean:
         for j, layer in enumerate(stack.layers):
             hooks.append(layer.register_forward_pre_hook(pre(c.resid_in, j), with_kwargs=True))
             hooks.append(layer.register_forward_hook(post(c.resid_out, j)))
-            for i, mod in enumerate(post_norms(model, stack, j) if ex.post_norms else []):
+            for i, mod in enumerate(post_norms(stack, j)):
                 c.norms[("post", j, i)] = mod
                 hooks.append(mod.register_forward_pre_hook(pre(c.norm_in, ("post", j, i)), with_kwargs=True))
         for s in sites:

@@ -1,27 +1,26 @@
-"""What the circuit analyses need beyond ``Model``'s public accessors: THE one family mapping.
+"""What the circuit analyses read about a model, all from its family record.
 
 ``Model`` names the layer stacks, attention modules, output projections, per-head
-W_Q/W_K/W_V/W_O and biases, the final norm and the unembedding (``adapters.FAMILIES``).
-Decomposing the residual stream and the attention scores needs three more facts per
-family, kept here in ``EXTRA`` (the only place ``workbench.circuits`` looks at a family
-name; meant to move into ``adapters.Family``):
+W_Q/W_K/W_V/W_O and biases, the final norm and the unembedding; the family record
+(``adapters.FAMILIES``, one declaration per family) also declares what the decompositions
+need, read here through ``Model``'s accessors and ``model.family``:
 
-- ``attn_norm``: per stream, the norm (relative to the layer module) whose output the
-  attention reads; a stream absent from it reads the residual itself (post-norm BERT);
-- ``post_norms``: norms applied to the residual inside a layer, in order (BERT: after the
-  attention, after the MLP);
-- ``rotary``: queries and keys get the rotate-half rotary of the ``position_embeddings``
-  (cos, sin) the attention module is called with (Llama-like).
+- the norm whose output each attention reads (``StreamSpec.in_norm``, ``Model.attn_in_norm``);
+  None: it reads the residual itself (post-norm BERT, wav2vec2);
+- norms applied to the residual inside a layer (``StackSpec.post_norms``, ``Model.post_norms``);
+- rotary (``Family.rotary``): ``"rotate-half"`` rotates q and k by the ``position_embeddings``
+  (cos, sin) the attention module is called with (HF ``apply_rotary_pos_emb``; partial
+  rotary, GPT-NeoX and Phi-3, rotates the first ``cos.shape[-1]`` dims of each head);
+- a norm on the attention output before the residual add (``StreamSpec.out_norm``, OLMo 2,
+  Gemma): the decompositions need the output projection's output added as is, so these
+  families are refused (``check``) until that norm is linearised too.
 
+No family name appears in ``workbench.circuits``. What a record cannot declare per layer
+(q/k norms of Qwen3; SmolLM3's layers without rotary) is caught where q or k is recomputed:
+the recomputation must reproduce the model's own q/k (``reproduces``), else UserError.
 (Whisper's pre-scaling of q by d_head^-0.5 is inside ``Model.W_Q`` / ``b_Q`` already.)
-
-Every family listed here also has the property the decompositions rely on: the output
-projection's output is added to the residual as is (no norm after the attention output,
-as OLMo 2 and Gemma have; those raise UserError until their norms are declared).
 """
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 
@@ -29,29 +28,16 @@ from .._types import Site
 from ..errors import UserError
 
 
-@dataclass(frozen=True)
-class Extra:
-    attn_norm: dict = field(default_factory=dict)
-    post_norms: tuple = ()
-    rotary: bool = False
-
-
-EXTRA = {
-    "llama-like": Extra({"self": "input_layernorm"}, rotary=True),
-    "gpt2": Extra({"self": "ln_1"}),
-    "bert": Extra({}, post_norms=("attention.output.LayerNorm", "output.LayerNorm")),
-    "whisper": Extra({"encoder": "self_attn_layer_norm", "decoder": "self_attn_layer_norm",
-                      "cross": "encoder_attn_layer_norm"}),
-}
-
-
-def extra(model) -> Extra:
-    """The ``Extra`` facts of a wrapped model; UserError for a family not covered."""
-    e = EXTRA.get(model.family.name)
-    if e is None:
-        raise UserError(f"circuit analyses cover the families {', '.join(EXTRA)}; {model.name} is "
-                        f"{model.family.name}")
-    return e
+def check(model) -> None:
+    """UserError (before any compute) for a model whose declared parts the decompositions do
+    not cover: a norm on an attention output, a rotary other than rotate-half."""
+    outs = sorted({s.stream for s in model.sites if model.attn_out_norm(*s.key) is not None})
+    if outs:
+        raise UserError(f"circuit analyses need each attention's output added to the residual as is; {model.name} "
+                        f"({model.family.name}) normalises the {', '.join(outs)} attention output first")
+    if model.family.rotary not in (None, "rotate-half"):
+        raise UserError(f"circuit analyses apply rotate-half rotary only; {model.name} declares "
+                        f"{model.family.rotary!r}")
 
 
 def head_site(model, head) -> Site:
@@ -67,15 +53,12 @@ def head_site(model, head) -> Site:
 
 def attn_norm(model, site: Site) -> torch.nn.Module | None:
     """The norm whose output the site's attention reads (None: it reads the residual)."""
-    path = extra(model).attn_norm.get(site.stream)
-    if path is None:
-        return None
-    stack, j = model.stack_of(site.stream, site.layer)
-    return stack.layers[j].get_submodule(path)
+    return model.attn_in_norm(*site.key)
 
 
-def post_norms(model, stack, layer: int) -> list[torch.nn.Module]:
-    return [stack.layers[layer].get_submodule(p) for p in extra(model).post_norms]
+def post_norms(stack, layer: int) -> list[torch.nn.Module]:
+    """Norms applied to the residual inside layer ``layer`` of ``stack``, in order."""
+    return list(stack.post_norms[layer]) if stack.post_norms else []
 
 
 def qkv(model, site: Site) -> dict:
@@ -95,14 +78,28 @@ def qkv(model, site: Site) -> dict:
 
 def rotary(model, attn_kwargs: dict):
     """(cos, sin) [batch, pos, d_head] the site's attention was called with, or None."""
-    if not extra(model).rotary:
+    if model.family.rotary is None:
         return None
     return attn_kwargs["position_embeddings"]
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate-half rotary (Su et al. 2021; HF ``apply_rotary_pos_emb``) of x [..., pos, d_head]
-    with cos/sin broadcastable to it (e.g. [pos, d_head] or [batch, pos, d_head]), float64."""
+    with cos/sin [..., pos, d_rot] broadcastable to it (e.g. [pos, d_rot] or [batch, pos, d_rot]),
+    float64. Partial rotary (d_rot < d_head: GPT-NeoX, Phi-3) rotates the first d_rot dims."""
     from transformers.models.llama.modeling_llama import rotate_half
 
-    return x * cos.double() + rotate_half(x) * sin.double()
+    r = cos.shape[-1]
+    rot = x[..., :r] * cos.double() + rotate_half(x[..., :r]) * sin.double()
+    return rot if r == x.shape[-1] else torch.cat([rot, x[..., r:]], -1)
+
+
+def reproduces(got: torch.Tensor, want: torch.Tensor, what: str, model) -> None:
+    """UserError unless ``got`` (a recomputed q, k or v, float64) equals the model's ``want``
+    within 1e-4 relative: the model applies something its family record does not declare."""
+    want = want.double()
+    err = float((got - want).abs().max())
+    if err > 1e-4 * max(1.0, float(want.abs().max())):
+        raise UserError(f"{what}: recomputing it from the residual does not reproduce {model.name}'s own (max |diff| "
+                        f"{err:.3g}): its attention applies something the {model.family.name} family record does not "
+                        "declare (q/k norms, rotary off in some layers); circuit analyses cannot decompose it")

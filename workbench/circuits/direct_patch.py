@@ -24,7 +24,7 @@ from .._types import Head
 from ..patching.engine import PatchConfig, Sweep
 from ..patching.result import PatchResult
 from ._capture import record
-from ._parts import extra
+from ._parts import check
 from .decompose import gather
 from .dla import _direction, _unembed, readout
 
@@ -40,7 +40,7 @@ def dla_patch(model, clean, metric, *, corrupt=None, heads=None, ablation: str =
     t0 = time.perf_counter()
     ro = readout(metric)
     _unembed(model)
-    extra(model)
+    check(model)
     sweep = Sweep(model, clean, metric, corrupt=corrupt, heads=heads, reference=reference,
                   config=PatchConfig("exact", ablation, direction, per_position))
     n = len(clean)

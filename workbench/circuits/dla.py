@@ -30,7 +30,7 @@ from .._attention import attention_probs, repeat_kv
 from ..errors import UserError
 from ..patching import metrics as M
 from ._capture import NormLin, record
-from ._parts import extra
+from ._parts import check
 from .decompose import Component, components, gather
 
 
@@ -166,7 +166,7 @@ def dla(model, batch, metric, *, per_position: bool = True) -> DLAResult:
     """
     ro = readout(metric)
     _unembed(model)                                                   # UserError before any compute
-    extra(model)
+    check(model)
     clean = record(model, batch, model.stacks[-1])
     g, bias_out = _direction(model, clean, ro)
     names, comps = components(clean, None, ro.pos)                    # [C, n, k, d]

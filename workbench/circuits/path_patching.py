@@ -38,7 +38,7 @@ from .._types import Head
 from ..capture import SetZ, Z
 from ..errors import UserError
 from ._capture import record, stack_sites
-from ._parts import attn_norm, extra, head_site, qkv, rotary, rotate
+from ._parts import attn_norm, check, head_site, qkv, reproduces, rotary, rotate
 
 KINDS = ("q", "k", "v")
 
@@ -85,7 +85,7 @@ class PathResult:
 
 
 def _check(model, receivers) -> None:
-    extra(model)
+    check(model)
     if not receivers:
         raise UserError("no receivers: give heads, e.g. top_receivers(patch_result, 5)")
     for r in receivers:
@@ -124,11 +124,7 @@ class _Receiver:
         own = self.project(self.x[None], "q")[0], self.project(self.x[None], "k")[0], self.project(self.x[None], "v")[0]
         kinds = ("q",) if head.stream == "cross" else KINDS
         for kind in kinds:                                                  # the recomputation reproduces the model
-            i = KINDS.index(kind)
-            want = self.qkv0[i].double()
-            if float((own[i] - want).abs().max()) > 1e-4 * max(1.0, float(want.abs().max())):
-                raise RuntimeError(f"{head.name}: recomputing its {kind} from the residual does not reproduce the "
-                                   "model's; the circuits family table (_parts.EXTRA) is wrong for this model")
+            reproduces(own[KINDS.index(kind)], self.qkv0[KINDS.index(kind)], f"{head.name}'s {kind}", model)
         self.kinds = kinds
 
     def project(self, x: torch.Tensor, kind: str) -> torch.Tensor:

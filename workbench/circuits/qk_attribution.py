@@ -30,7 +30,7 @@ import torch
 from .._types import Head
 from ..errors import UserError
 from ._capture import NormLin, record
-from ._parts import attn_norm, extra, head_site, qkv, rotary, rotate
+from ._parts import attn_norm, check, head_site, qkv, reproduces, rotary, rotate
 from .decompose import Component, components
 
 
@@ -99,7 +99,7 @@ def qk_attribution(model, batch, head: Head, *, input: int = 0) -> QKResult:
     Raises:
         UserError: a cross-attention head, an unknown head or input, a family not covered.
     """
-    extra(model)
+    check(model)
     site = head_site(model, head)
     if head.stream == "cross":
         raise UserError("QK attribution of a cross-attention head needs the encoder's components on the key side; "
@@ -129,6 +129,8 @@ def qk_attribution(model, batch, head: Head, *, input: int = 0) -> QKResult:
     if rope is not None:
         parts = {k: rotate(v, rope[0][0], rope[1][0]) for k, v in parts.items()}      # cos/sin [T, dh]
     q, k, _, _, _, scaling = rec.qkv[site.key]
+    reproduces(parts["Q"].sum(0), q[0, head.head], f"{head.name}'s query", model)
+    reproduces(parts["K"].sum(0), k[0, kvh], f"{head.name}'s key", model)
     actual = scaling * q[0, head.head].double() @ k[0, kvh].double().T
     names = names + [Component("bias", stream="in")]
     tokens = (one.items[0].get("tokens") or {}).get(head.stream) if one.items else None
