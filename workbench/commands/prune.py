@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._task_args import (add_task_args, at_least, base_meta, check_task_args, executor, load_task, remove_units,
-                         units_folder, units_note)
+from ._task_args import (add_executor_args, add_task_args, at_least, base_meta, check_task_args, executor, load_task,
+                         remove_units, units_folder, units_note)
 
 
 def register(sub) -> None:
@@ -23,6 +23,7 @@ def register(sub) -> None:
     p.add_argument("--orders", default="importance,patching,random",
                    help="comma-separated pruning orders (default importance,patching,random)")
     p.add_argument("--seeds", type=int, default=3, help="random orders, one per seed 0..N-1 (default 3)")
+    add_executor_args(p)                       # the patching order's sweep
     p.set_defaults(func=run)
 
 
@@ -64,7 +65,7 @@ def run(args) -> int:
     effect, reused_s, reused = None, 0.0, 0
     try:
         if "patching" in orders:   # the patching order's sweep, kept in work units so a rerun resumes
-            ex = executor(args.quiet)
+            ex = executor(args.quiet, args)
             res = patch(model, task.clean, task.metric, method="exact", ablation="zero", direction="noising",
                         executor=ex, store=str(units_root / "patching"))
             effect = {h: float(e) for h, e in zip(res.heads, res.effect)}

@@ -1,25 +1,56 @@
-"""Work units of a patching sweep, the executor that runs them, and the record of finished ones.
+"""Work units of a patching sweep, the executor seam that runs them, and the record of finished ones.
 
 A sweep is a set of independent units, each (prompt shard x head group): for the exact
 and naive methods a head group is, by default, the heads of one site (``sites_per_unit``
 groups several sites of one stack of layers, whose variants then share pipelined
 batches), for AtP / AtP* every head (one forward and backward serve them all). A unit's result is a
-dict of tensors. The engine hands units to an *executor*, which only needs
+dict of tensors.
+
+The executor seam
+-----------------
+A *job* (``engine.Sweep``; the dataset-statistics job of ``workbench run`` follows the same
+contract) offers
+
+- ``units() -> list``: independent units, hashable plain data (frozen dataclasses of ints,
+  strings and tuples), each with an ``id`` that is unique in the job and safe as a file
+  name. Their order is a hint (units of one shard are next to each other), not a contract.
+- ``setup(shard)``: state shared by the units of one shard (base run, captured activations),
+  built on a worker's first unit of that shard and cached, so a worker given units of one
+  shard in a row builds it once. Only ``run_unit`` calls it; an executor never needs to.
+- ``run_unit(unit) -> dict[str, Tensor]``: the unit's result, a pure function of the job and
+  the unit: the same in any process that built (or rebuilt) the same job, in any order.
+  Tensors are on the CPU or moved there by the caller; they are saved with safetensors.
+- ``assemble(results: {unit: result}) -> result object``, on the driver, from every unit.
+- ``fingerprint() -> str``: identifies what is computed (model, weights, inputs, metric,
+  heads, settings); ``UnitStore`` keys finished units by it, and a rebuilt job must have
+  the driver's.
+- ``spec() -> executors.spec.JobSpec`` (optional): plain data a worker rebuilds the job from
+  in another process (``spec.build()``); a ``Sweep`` gets its spec from the executor's
+  ``source`` instead (``executors.spec.sweep_spec``).
+
+An *executor* implements one method,
 
     executor.map(fn, units) -> iterable of (unit, result)
 
-``InProcessExecutor`` (the default) runs them one after another in this process; a
-distributed executor can implement the same method (ship ``unit`` to a worker that rebuilds
-the sweep and calls ``sweep.run_unit(unit)``) without touching the engine. Results may
-arrive in any order.
+where ``fn`` is the driver job's bound ``run_unit`` (so ``fn.__self__`` is the job) and
+``units`` those still to run. It yields each unit's result as soon as it has it, in any
+order, every unit once; the driver (``run_units``) records each result before taking the
+next, so whatever was yielded survives the executor or the driver being killed. A unit that
+fails for good is raised as ``UnitsFailed`` once the others have been yielded. An executor
+with a ``resumed(n_reused, n_total, seconds)`` method is told, before it runs anything, how
+many units the store already held (``ReportingExecutor``). ``InProcessExecutor`` (the
+default) calls ``fn`` here, one unit after another; ``workbench.executors.RayExecutor``
+ships the job's spec to actors that rebuild it once each, and checks that their job's
+fingerprint is the driver's. Adding an engine touches neither the engine nor the jobs.
 
 ``UnitStore`` records each finished unit as ``<folder>/<unit id>.safetensors`` (written to a
 temporary file and renamed, so a unit is either complete or absent) under a fingerprint of
 the sweep (model, inputs, metric, heads, method, ablation, direction); a rerun of the same
 sweep loads finished units instead of recomputing them, a different sweep refuses the folder.
-Each unit file records the seconds the unit took (safetensors metadata ``seconds``), so a
-resumed sweep can report the time of all its units. An executor with a ``resumed(n_reused,
-n_total, seconds)`` method is told, before it runs anything, how many units were reused.
+Each unit file records the seconds the unit took (safetensors metadata ``seconds``: the
+time between the driver receiving it and the previous unit, so with parallel workers the
+units' seconds add up to the sweep's wall time), so a resumed sweep can report the time of
+all its units.
 """
 from __future__ import annotations
 
@@ -64,8 +95,22 @@ class Executor(Protocol):
     def map(self, fn: Callable[[Unit], dict], units: Sequence[Unit]) -> Iterable[tuple[Unit, dict]]: ...
 
 
-class InProcessExecutor:
-    """Run units one after another in this process (optionally reporting progress)."""
+class UnitsFailed(RuntimeError):
+    """Units that still failed after their retries; ``errors`` maps each to its error's last
+    line. Every other unit was finished and recorded: a rerun computes only these."""
+
+    def __init__(self, errors: dict, retries: int):
+        self.errors = errors
+        shown = "; ".join(f"{getattr(u, 'id', u)}: {e}" for u, e in list(errors.items())[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(f"{len(errors)} work unit(s) failed after {retries} retries each (the others are "
+                         f"recorded; rerunning resumes from them): {shown}{more}")
+
+
+class ReportingExecutor:
+    """What executors share: an optional ``progress(i, n, unit)`` callback and
+    ``on_resume(n_reused, n_total, seconds)``, and the count (``reused``) and compute time
+    (``reused_seconds``) of the units a rerun took from the store."""
 
     def __init__(self, progress: Callable[[int, int, Unit], None] | None = None,
                  on_resume: Callable[[int, int, float], None] | None = None):
@@ -80,6 +125,10 @@ class InProcessExecutor:
         self.reused_seconds += seconds
         if self.on_resume is not None:
             self.on_resume(n_reused, n_total, seconds)
+
+
+class InProcessExecutor(ReportingExecutor):
+    """Run units one after another in this process (optionally reporting progress)."""
 
     def map(self, fn, units) -> Iterator[tuple[Unit, dict]]:
         for i, unit in enumerate(units):
