@@ -39,14 +39,15 @@ def _record(hf, batch, pre: dict, kw: dict = {}):
               for k, m in kw.items()]
     try:
         with torch.no_grad():
-            out = hf(**batch.model_inputs).logits
+            out = getattr(hf(**batch.model_inputs), "logits", None)
     finally:
         for h in hooks:
             h.remove()
     return seen, out
 
 
-def _hand_llama(hf, b, x, sender, receiver, kind, pos, tgt, dis):
+def _hand_llama(hf, b, x, sender, receiver, kind, pos, tgt, dis, mean=False):
+    """``mean``: the sender's z' is its mean over the clean inputs' valid positions, not x's z."""
     lay_s, lay_r = hf.model.layers[sender.layer], hf.model.layers[receiver.layer]
     att = lay_r.self_attn
     pre = {"z": lay_s.self_attn.o_proj, "x": lay_r.input_layernorm}
@@ -54,7 +55,9 @@ def _hand_llama(hf, b, x, sender, receiver, kind, pos, tgt, dis):
     corrupt, _ = _record(hf, x, {"z": lay_s.self_attn.o_proj})
     sl = slice(sender.head * DH, (sender.head + 1) * DH)
     with torch.no_grad():
-        delta = (corrupt["z"][..., sl] - clean["z"][..., sl]) @ lay_s.self_attn.o_proj.weight[:, sl].T
+        zs = clean["z"][..., sl]
+        z_new_s = zs[b.model_inputs["attention_mask"].bool()].mean(0).expand_as(zs) if mean else corrupt["z"][..., sl]
+        delta = (z_new_s - zs) @ lay_s.self_attn.o_proj.weight[:, sl].T
         n, t = clean["x"].shape[:2]
         heads = lambda y, w, h: w(lay_r.input_layernorm(y)).view(n, t, h, DH).transpose(1, 2)   # noqa: E731
         x0, x1 = clean["x"], clean["x"] + delta
@@ -142,6 +145,93 @@ def test_top_receivers_and_refusals():
     assert top_receivers(pr.table(), 3) == top
     with pytest.raises(UserError, match="corrupt"):
         path_patching(m, b, met, top)
-    bert = tiny_hf("bert")
-    with pytest.raises(UserError, match="post-norm"):
-        path_patching(wrap(bert), tiny_batch("bert", bert), met, [Head("self", 1, 0)], ablation="zero")
+    with pytest.raises(UserError, match="ablation"):
+        path_patching(m, b, met, top, ablation="shuffle")
+
+
+def _hand_bert(hf, b, x, sender, receiver, kind, ablation, reference):
+    """Path patching on post-norm BERT from HF modules: the sender's delta through the
+    post-norms between it and the receiver, each with its clean 1/sigma (decompose's
+    linearisation), then the receiver's q/k/v by HF's Linear modules, softmax by hand."""
+    ls, lr = hf.encoder.layer[sender.layer], hf.encoder.layer[receiver.layer]
+    pre = {"z": ls.attention.output.dense, "x": lr.attention.self.query}     # x: the layer's input
+    lns = [(i, n) for i in range(sender.layer, receiver.layer)
+           for n in (hf.encoder.layer[i].attention.output.LayerNorm, hf.encoder.layer[i].output.LayerNorm)]
+    pre.update({f"ln{j}": n for j, (_, n) in enumerate(lns)})
+    clean, _ = _record(hf, b, pre)
+    mask = b.model_inputs["attention_mask"].bool()
+    sl = slice(sender.head * DH, (sender.head + 1) * DH)
+    with torch.no_grad():
+        if ablation == "resample":
+            z_new_s = _record(hf, x, {"z": ls.attention.output.dense})[0]["z"][..., sl]
+        else:                                                                 # mean over valid positions
+            z_new_s = clean["z"][..., sl][mask].mean(0).expand_as(clean["z"][..., sl])
+        d = (z_new_s - clean["z"][..., sl]).double() @ ls.attention.output.dense.weight[:, sl].T.double()
+        for j, (_, ln) in enumerate(lns):
+            xin = clean[f"ln{j}"].double()
+            sigma = (xin.var(-1, unbiased=False, keepdim=True) + ln.eps).sqrt()
+            d = (d - d.mean(-1, keepdim=True)) / sigma * ln.weight.double()
+        att = lr.attention.self
+        x0 = clean["x"]
+        x1 = (x0.double() + d).float()
+        n, t = x0.shape[:2]
+        heads = lambda y, w: w(y).view(n, t, 4, DH).transpose(1, 2)                      # noqa: E731
+        q = heads(x1 if kind == "q" else x0, att.query)
+        k = heads(x1 if kind == "k" else x0, att.key)
+        v = heads(x1 if kind == "v" else x0, att.value)
+        h = receiver.head
+        s = q[:, h] @ k[:, h].transpose(1, 2) / DH ** 0.5
+        a = torch.softmax(s.masked_fill(~mask[:, None, :], float("-inf")), -1)
+        z_new = a @ v[:, h]
+        rs = slice(h * DH, (h + 1) * DH)
+
+        def put(mod, args):
+            y = args[0].clone()
+            y[..., rs] = z_new
+            return (y,)
+
+        def cos(out):
+            w = mask[..., None].float()
+            emb = (out * w).sum(1) / w.sum(1)
+            return torch.nn.functional.cosine_similarity(emb, reference, dim=-1)
+
+        base = cos(hf(**b.model_inputs).last_hidden_state)
+        hook = lr.attention.output.dense.register_forward_pre_hook(put)
+        try:
+            patched = cos(hf(**b.model_inputs).last_hidden_state)
+        finally:
+            hook.remove()
+    return patched - base
+
+
+@pytest.mark.parametrize("ablation", ["resample", "mean"])
+def test_path_patching_post_norm_bert_equals_hand_naive(ablation):
+    from workbench.patching.metrics import CosineSimilarity
+
+    hf, b, x = _pair("bert")
+    m = wrap(hf)
+    ref = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
+    met = CosineSimilarity(b.model_inputs["attention_mask"], ref)
+    receivers = [Head("self", 1, 0), Head("self", 1, 3)]
+    res = path_patching(m, b, met, receivers, corrupt=x if ablation == "resample" else None, ablation=ablation)
+    assert torch.isnan(res.effects[4:]).all() and not torch.isnan(res.effects[:4]).any()
+    big = 0.0
+    for s, r, kind in [(Head("self", 0, 0), receivers[0], "q"), (Head("self", 0, 1), receivers[1], "k"),
+                       (Head("self", 0, 2), receivers[0], "v")]:
+        want = _hand_bert(hf, b, x, s, r, kind, ablation, ref)
+        got = res.effects[res.senders.index(s), res.receivers.index(r), "qkv".index(kind)]
+        assert torch.allclose(got.double(), want.double(), atol=1e-5, rtol=1e-4), (s, r, kind, got, want)
+        big = max(big, float(want.abs().max()))
+    assert big > 1e-3
+
+
+def test_path_patching_mean_ablation_equals_hand_naive_tiny_llama():
+    """Mean ablation: the sender's z' is its mean over the clean inputs' valid positions."""
+    hf, b, x = _pair("llama")
+    m = wrap(hf)
+    pos, tgt, dis = torch.tensor([10, 6]), torch.tensor([3, 5]), torch.tensor([7, 8])
+    res = path_patching(m, b, LogitDiff(pos, tgt, dis), [Head("self", 1, 1)], ablation="mean")
+    for s, kind in ((Head("self", 0, 2), "k"), (Head("self", 0, 0), "v")):
+        want = _hand_llama(hf, b, x, s, Head("self", 1, 1), kind, pos, tgt, dis, mean=True)
+        got = res.effects[res.senders.index(s), 0, "qkv".index(kind)]
+        assert torch.allclose(got.double(), want.double(), atol=1e-5, rtol=1e-5) and float(want.abs().max()) > 1e-3

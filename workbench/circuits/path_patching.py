@@ -3,9 +3,13 @@
 Effect of sender head s on receiver head r through r's query, key or value input:
 
 1. Sender patch, everything else frozen: in the clean run, z_s is replaced by z'_s (its
-   value on the corrupt input: ``resample``; or 0: ``zero``) and every other component
+   value on the corrupt input: ``resample``; 0: ``zero``; its mean over every valid
+   position of the clean inputs: ``mean``, as ``Model.mean_z``) and every other component
    (heads and MLPs) keeps its clean output, so the residual that r's attention reads
    becomes x_r + (z'_s - z_s) W_O[s] (x_r: the clean one; only the direct path s -> r).
+   Post-norm stacks (BERT) renormalise the residual inside every layer: there the delta
+   passes the post-norms between s and r linearised at the clean run (``NormLin``, 1/sigma
+   frozen), the same linearisation that makes ``decompose``'s components sum to the residual.
 2. r's query (or key, or value) is recomputed from that residual by the model's own norm
    module and r's projection weights (rotary at the true positions); the other two inputs
    stay clean, r's pattern and z_r' follow (``_attention.attention_probs``, as the trace).
@@ -22,8 +26,6 @@ reference: one full forward per (sender, receiver, kind) through ``Model.run``.
 Receivers: chosen heads, or the top-k heads by |effect| of a patching run
 (``top_receivers``). Senders: every head of an earlier site of the same stack. Whisper's
 cross-attention reads keys and values from the encoder: only its query path exists.
-Post-norm BERT is refused (its residual is renormalised inside every layer: no direct path
-in this sense).
 """
 from __future__ import annotations
 
@@ -37,10 +39,11 @@ from .._attention import attention_probs
 from .._types import Head
 from ..capture import SetZ, Z
 from ..errors import UserError
-from ._capture import record, stack_sites
+from ._capture import NormLin, record, stack_sites
 from ._parts import attn_norm, check, head_site, qkv, reproduces, rotary, rotate
 
 KINDS = ("q", "k", "v")
+ABLATIONS = ("resample", "zero", "mean")
 
 
 def top_receivers(result, k: int = 5) -> list[Head]:
@@ -84,22 +87,29 @@ class PathResult:
         return pd.DataFrame(rows, columns=["sender", "receiver", "kind", "effect"])
 
 
-def _check(model, receivers) -> None:
+def _check(model, receivers, ablation: str, corrupt) -> None:
     check(model)
     if not receivers:
         raise UserError("no receivers: give heads, e.g. top_receivers(patch_result, 5)")
     for r in receivers:
-        site = head_site(model, r)
-        if attn_norm(model, site) is None:
-            raise UserError(f"path patching needs pre-norm attention; {model.name}'s {r.stream} attention reads a "
-                            "residual renormalised inside each layer (post-norm)")
+        head_site(model, r)
+    if ablation not in ABLATIONS:
+        raise UserError(f"path patching ablation {ablation!r}: use one of {', '.join(ABLATIONS)}")
+    if ablation == "resample" and corrupt is None:
+        raise UserError("resample path patching patches in the corrupt run's sender outputs: give corrupt")
 
 
-def _source_z(model, corrupt, keys, ablation: str, z_clean: dict) -> dict:
+def _source_z(model, clean, corrupt, senders, ablation: str, z_clean: dict) -> dict:
+    """Per site key of the senders: z'_s [n, T, head, d_head] (only the senders' heads are read)."""
+    keys = sorted({h.site_key for h in senders})
     if ablation == "zero":
         return {k: torch.zeros_like(z_clean[k]) for k in keys}
-    if ablation != "resample":
-        raise UserError(f"path patching ablation {ablation!r}: use 'resample' (needs corrupt) or 'zero'")
+    if ablation == "mean":
+        means = model.mean_z(clean, senders)
+        out = {k: torch.zeros_like(z_clean[k]) for k in keys}
+        for h, m in means.items():
+            out[h.site_key][:, :, h.head] = m.to(out[h.site_key].dtype)
+        return out
     if corrupt is None:
         raise UserError("resample path patching patches in the corrupt run's sender outputs: give corrupt")
     with torch.no_grad():
@@ -114,7 +124,9 @@ class _Receiver:
         self.site = model.site(head.stream, head.layer)
         self.module = model.attention_module(*self.site.key)
         self.norm = attn_norm(model, self.site)
-        self.x = clean.norm_in[("attn", self.site.key)]                      # [n, T, d]
+        self.layer = model.stack_of(*self.site.key)[1]
+        # the residual the attention reads: its norm's input, or (post-norm) the layer's input
+        self.x = clean.norm_in[("attn", self.site.key)] if self.norm is not None else clean.resid_in[self.layer]
         self.w = qkv(model, self.site)
         q, k, v, self.mask, self.call, _ = clean.qkv[self.site.key]
         kvh = head.head // (self.site.n_heads // self.site.n_kv_heads)
@@ -129,8 +141,11 @@ class _Receiver:
 
     def project(self, x: torch.Tensor, kind: str) -> torch.Tensor:
         """x [S, n, T, d] residual -> [S, n, T, dh] the head's q/k/v (norm, projection, rotary)."""
-        with torch.no_grad():
-            y = self.norm(x.to(self.norm.weight.dtype)).double()
+        if self.norm is None:
+            y = x.double()
+        else:
+            with torch.no_grad():
+                y = self.norm(x.to(self.norm.weight.dtype)).double()
         h = self.head.head if kind == "q" else self.kvh
         out = y @ self.w[f"W_{kind.upper()}"][h] + self.w[f"b_{kind.upper()}"][h]
         if self.rope is not None and kind in ("q", "k"):
@@ -154,10 +169,12 @@ def path_patching(model, clean, metric, receivers, *, corrupt=None, ablation: st
     """Path-patching effects of every earlier head on each receiver via q, k and v (module docstring).
 
     Args:
-        model: a wrapped causal LM or Whisper (pre-norm families); clean / corrupt: paired
-            ``Batch``es; metric: a patching metric (e.g. ``LogitDiff``).
+        model: a wrapped model (causal LM, Whisper, BERT-like encoder); clean / corrupt:
+            paired ``Batch``es; metric: a patching metric (e.g. ``LogitDiff``,
+            ``CosineSimilarity`` for an encoder).
         receivers: heads (e.g. ``top_receivers(patch_result, 5)``).
-        ablation: ``resample`` (sender z from the corrupt run) or ``zero``.
+        ablation: ``resample`` (sender z from the corrupt run), ``zero`` or ``mean`` (the
+            sender's mean z over the clean inputs' valid positions).
         senders: heads to try (default: every head of the receivers' stack).
         max_tokens: variants x replayed positions per replay batch.
 
@@ -165,13 +182,14 @@ def path_patching(model, clean, metric, receivers, *, corrupt=None, ablation: st
         ``PathResult`` ([sender, receiver, 3, input] effects).
 
     Raises:
-        UserError: post-norm models, unknown heads, resample without corrupt inputs.
+        UserError: unknown heads or ablation, resample without corrupt inputs, a family the
+            decompositions do not cover.
     """
     from ..patching._resume import Resumable
 
     t0 = time.perf_counter()
     receivers = sorted(set(receivers))
-    _check(model, receivers)
+    _check(model, receivers, ablation, corrupt)
     stack = model.stack_of(receivers[0].stream, receivers[0].layer)[0]
     if any(model.stack_of(r.stream, r.layer)[0] is not stack for r in receivers):
         raise UserError("receivers must be in one layer stack (e.g. all decoder heads of Whisper)")
@@ -180,8 +198,8 @@ def path_patching(model, clean, metric, receivers, *, corrupt=None, ablation: st
     senders = sorted(set(senders)) if senders is not None else [h for s in order for h in s.heads()]
     n = len(clean)
     rec = record(model, clean, stack)
-    keys = sorted({h.site_key for h in senders})
-    z_src = _source_z(model, corrupt, keys, ablation, rec.z)
+    z_src = _source_z(model, clean, corrupt, senders, ablation, rec.z)
+    post = _PostNorms(rec)
     pos = metric.positions()
     res = Resumable(model, clean, [], pos, metric.output)
     with torch.no_grad():
@@ -192,7 +210,8 @@ def path_patching(model, clean, metric, receivers, *, corrupt=None, ablation: st
         before = [i for i, s in enumerate(senders) if rank[s.site_key] < rank[recv.site.key]]
         if not before:
             continue
-        deltas = torch.stack([_delta(model, rec.z, z_src, senders[i]) for i in before])   # [S, n, T, d]
+        deltas = torch.stack([post(model, _delta(model, rec.z, z_src, senders[i]), senders[i], recv.layer)
+                              for i in before])                                       # [S, n, T, d]
         for kind in recv.kinds:
             z_new = recv.z(deltas, kind)                                                  # [S, n, T, dh]
             eff = _replay(res, recv, z_new, rec.z[recv.site.key], metric, clean_metric, max_tokens)
@@ -204,6 +223,23 @@ def _delta(model, z: dict, z_src: dict, s: Head) -> torch.Tensor:
     """(z'_s - z_s) W_O[s]: [n, T, d_model] float64."""
     dz = (z_src[s.site_key][:, :, s.head].to(z[s.site_key].dtype) - z[s.site_key][:, :, s.head]).double()
     return dz @ model.W_O(*s.site_key).detach().double()[s.head]
+
+
+class _PostNorms:
+    """Carry a sender's delta through the post-norms between its layer and a receiver's,
+    linearised at the clean run (identity in pre-norm stacks)."""
+
+    def __init__(self, rec):
+        self.rec, self.lin = rec, {}
+
+    def __call__(self, model, delta: torch.Tensor, sender: Head, recv_layer: int) -> torch.Tensor:
+        keys = sorted(k for k in self.rec.norms if isinstance(k, tuple) and k[0] == "post"
+                      and model.stack_of(*sender.site_key)[1] <= k[1] < recv_layer)
+        for k in keys:
+            if k not in self.lin:
+                self.lin[k] = NormLin(self.rec.norms[k], self.rec.norm_in[k])
+            delta = self.lin[k].linear(delta)
+        return delta
 
 
 def _replay(res, recv: _Receiver, z_new: torch.Tensor, z_site: torch.Tensor, metric, clean_metric, max_tokens: int):
@@ -236,12 +272,12 @@ def naive_path_patching(model, clean, metric, sender: Head, receiver: Head, kind
     """Reference for one (sender, receiver, kind): the receiver's z recomputed from the clean
     residual plus the sender's delta, then ONE full forward with ``SetZ(receiver, z')``.
     Returns float32 [input]."""
-    _check(model, [receiver])
+    _check(model, [receiver], ablation, corrupt)
     stack = model.stack_of(receiver.stream, receiver.layer)[0]
     rec = record(model, clean, stack)
-    z_src = _source_z(model, corrupt, [sender.site_key], ablation, rec.z)
+    z_src = _source_z(model, clean, corrupt, [sender], ablation, rec.z)
     recv = _Receiver(model, rec, receiver)
-    z_new = recv.z(_delta(model, rec.z, z_src, sender)[None], kind)[0]
+    z_new = recv.z(_PostNorms(rec)(model, _delta(model, rec.z, z_src, sender), sender, recv.layer)[None], kind)[0]
     with torch.no_grad():
         base = metric.evaluate(model.run(clean).output)
         patched = metric.evaluate(model.run(clean, edits=[SetZ(receiver, z_new)]).output)

@@ -41,7 +41,8 @@ def register(sub) -> None:
     p.add_argument("--receivers", default=None, help="path: receiver heads, comma-separated stream/layer/head")
     p.add_argument("--top-k", type=int, default=5, help="path: receivers = top-k heads of exact patching (default 5)")
     p.add_argument("--from-run", default=None, help="path: take the top-k receivers from this patch run folder")
-    p.add_argument("--ablation", default="resample", choices=("resample", "zero"), help="path: sender patch")
+    p.add_argument("--ablation", default="resample", choices=("resample", "zero", "mean"),
+                   help="path: sender patch (mean: its mean z over the clean inputs)")
     p.add_argument("--head", default=None, help="qk: the head, stream/layer/head")
     p.add_argument("--input", type=int, default=0, help="qk: input index (default 0)")
     p.add_argument("--key", type=int, default=0, help="qk: key position of the summary (default 0)")
