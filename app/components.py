@@ -93,9 +93,13 @@ def dropdown(cid: str, options: list, value, *, clearable: bool = False, multi: 
 
 
 def metrics_table(row: dict, cid: str) -> html.Table:
-    """Two-column table of a head's metrics (``stream/layer/head`` first)."""
+    """Two-column table of a head's metrics (``stream/layer/head`` first); each name has a
+    tooltip with the metric's definition, unit and source; a metric that does not apply
+    to the head reads "n/a"."""
+    from ._definitions import tooltip
+
     keys = [k for k in row if k not in ("stream", "layer", "head")]
-    body = [html.Tr([html.Th(label(k)), html.Td(format_value(row[k]))]) for k in keys]
+    body = [html.Tr([html.Th(label(k), title=tooltip(k)), html.Td(format_value(row[k]))]) for k in keys]
     return html.Table([html.Tbody(body)], id=cid, className="metrics")
 
 

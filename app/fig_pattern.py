@@ -19,6 +19,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ._color import colour, describe, value_range
 from .run import MEL_FPS, Axis
 
 MAX_BINS = 320
@@ -82,7 +83,7 @@ def _ticks(axis: Axis, n: int, factor: int) -> dict:
 
 
 def _hover_text(q_axis: Axis, k_axis: Axis, q_idx: np.ndarray, k_idx: np.ndarray,
-                z: np.ndarray) -> np.ndarray | None:
+                z: np.ndarray, quantity: str = "attention") -> np.ndarray | None:
     if z.size > MAX_HOVER_CELLS or "tokens" not in (q_axis.kind, k_axis.kind):
         return None
 
@@ -95,13 +96,18 @@ def _hover_text(q_axis: Axis, k_axis: Axis, q_idx: np.ndarray, k_idx: np.ndarray
 
     qs = [name(q_axis, int(i)) for i in q_idx]
     ks = [name(k_axis, int(i)) for i in k_idx]
-    return np.array([[f"query {q}<br>key {k}<br>attention {v:.4f}" for k, v in zip(ks, row)]
+    return np.array([[f"query {q}<br>key {k}<br>{quantity} {v:.4f}" for k, v in zip(ks, row)]
                      for q, row in zip(qs, z)], dtype=object)
 
 
 def pattern_figure(pattern: np.ndarray, q_axis: Axis, k_axis: Axis, *,
-                   mel: np.ndarray | None = None, title: str = "") -> go.Figure:
+                   mel: np.ndarray | None = None, title: str = "", log: bool = False,
+                   skip_first: bool = False, quantity: str = "attention") -> go.Figure:
     """Attention pattern ``[query, key]`` with summaries; ``mel [mel bin, frame]`` at 100/s.
+
+    ``log``: colour log10 of the values (``_color``); ``skip_first``: the colour range ends at
+    the largest value over keys 1.. (a sink's first column saturates); ``quantity`` names
+    the values in hovers and on the colour bar.
 
     Raises:
         ValueError: ``pattern`` is not 2-D, or token labels do not match its size.
@@ -125,11 +131,13 @@ def pattern_figure(pattern: np.ndarray, q_axis: Axis, k_axis: Axis, *,
     fig = make_subplots(rows=rows, cols=2, shared_xaxes=True, shared_yaxes=False,
                         row_heights=heights, column_widths=[0.86, 0.14], specs=specs,
                         horizontal_spacing=0.02, vertical_spacing=0.03)
-    text = _hover_text(q_axis, k_axis, np.arange(0, n_q, fq), np.arange(0, n_k, fk), z)
+    text = _hover_text(q_axis, k_axis, np.arange(0, n_q, fq), np.arange(0, n_k, fk), z, quantity)
+    zc, axis = colour(z, value_range(pattern, skip_first), log, quantity)
+    shown = f"log10 {quantity} %{{z:.2f}}" if log else f"{quantity} %{{z:.4f}}"
     fig.add_trace(go.Heatmap(
-        z=z, x=kc, y=qc, coloraxis="coloraxis", name="pattern", text=text,
+        z=zc, x=kc, y=qc, coloraxis="coloraxis", name="pattern", text=text,
         hovertemplate=("%{text}" if text is not None else
-                       "query %{y}<br>key %{x}<br>attention %{z:.4f}") + "<extra></extra>",
+                       "query %{y}<br>key %{x}<br>" + shown) + "<extra></extra>",
     ), row=2, col=1)
     fig.add_trace(go.Bar(x=kc, y=col, name="mean attention received", marker_color="#1f77b4",
                          hovertemplate="key %{x}<br>mean received %{y:.4f}<extra></extra>"),
@@ -158,10 +166,9 @@ def pattern_figure(pattern: np.ndarray, q_axis: Axis, k_axis: Axis, *,
     pooled = f" (max-pooled ×{fq} query, ×{fk} key for display)" if fq > 1 or fk > 1 else ""
     body = 500 if q_axis.kind == "seconds" else min(720, max(320, 18 * n_q))
     fig.update_layout(
-        title={"text": f"{title}{pooled}", "x": 0.01}, showlegend=False,
+        title={"text": f"{title}{pooled}{describe(log, skip_first)}", "x": 0.01}, showlegend=False,
         bargap=0.05 if len(kc) < 80 else 0.0,
-        coloraxis={"colorscale": "Blues", "cmin": 0, "colorbar": {"title": "attention",
-                   "len": 0.5, "y": 0.5}},
+        coloraxis={**axis, "colorbar": {**axis["colorbar"], "len": 0.5, "y": 0.5}},
         coloraxis2={"colorscale": "Magma", "showscale": False},
         height=int(body / heights[1]) + 40, margin={"l": 80, "r": 20, "t": 60, "b": 50},
     )
@@ -169,15 +176,18 @@ def pattern_figure(pattern: np.ndarray, q_axis: Axis, k_axis: Axis, *,
 
 
 def pattern_preview(pattern: np.ndarray, q_axis: Axis, k_axis: Axis, *, title: str = "",
-                    max_labels: int = 24) -> go.Figure:
+                    max_labels: int = 24, log: bool = False, skip_first: bool = False) -> go.Figure:
     """A small heatmap of ``pattern [query, key]`` for side panels: no summaries, pooled to
-    ``MAX_BINS // 2`` bins, token tick labels only when there are few."""
+    ``MAX_BINS // 2`` bins, token tick labels only when there are few; ``log`` and
+    ``skip_first`` as in ``pattern_figure``."""
     n_q, n_k = pattern.shape
     z, fq = pool(pattern, MAX_BINS // 2, 0)
     z, fk = pool(z, MAX_BINS // 2, 1)
-    fig = go.Figure(go.Heatmap(z=z, x=_coords(k_axis, n_k, fk), y=_coords(q_axis, n_q, fq),
-                               colorscale="Blues", zmin=0, showscale=False,
-                               hovertemplate="query %{y}<br>key %{x}<br>%{z:.4f}<extra></extra>"))
+    zc, axis = colour(z, value_range(pattern, skip_first), log)
+    fig = go.Figure(go.Heatmap(z=zc, x=_coords(k_axis, n_k, fk), y=_coords(q_axis, n_q, fq),
+                               colorscale=axis["colorscale"], zmin=axis["cmin"], zmax=axis["cmax"],
+                               showscale=False, customdata=z,
+                               hovertemplate="query %{y}<br>key %{x}<br>%{customdata:.4f}<extra></extra>"))
     for update, axis, n, f in ((fig.update_yaxes, q_axis, n_q, fq),
                                (fig.update_xaxes, k_axis, n_k, fk)):
         ticks = _ticks(axis, n, f) if n // f <= max_labels else {}

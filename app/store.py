@@ -138,36 +138,55 @@ class RunStore:
         return [s.name for s in self.summaries() if s.run is not None]
 
     # ---- tensors ----------------------------------------------------------------------
-    def pattern(self, name: str, stream: str, layer: int, index: int, head: int) -> np.ndarray:
-        """One head's attention pattern ``[query, key]`` (float32); only that slice is read."""
+    def pattern(self, name: str, stream: str, layer: int, index: int, head: int,
+                stem: str = "patterns") -> np.ndarray:
+        """One head's attention pattern ``[query, key]`` (float32); only that slice is read.
+        ``stem``: ``patterns``, or ``patterns_corrupt`` (a patch run's corrupt prompts)."""
         key = f"pattern/{stream}/{int(layer)}/{int(index)}"
-        return self._rows(name, "patterns", key, int(head)).astype(np.float32)
+        return self._rows(name, stem, key, int(head)).astype(np.float32)
 
-    def site_patterns(self, name: str, stream: str, layer: int, index: int) -> np.ndarray:
+    def site_patterns(self, name: str, stream: str, layer: int, index: int,
+                      stem: str = "patterns") -> np.ndarray:
         """All heads of one site ``[head, query, key]`` (float32); for small sites only."""
-        path = self.file(name, "patterns.safetensors")
+        path = self.file(name, f"{stem}.safetensors")
         key = f"pattern/{stream}/{int(layer)}/{int(index)}"
         if path is None:
-            raise RunError(f"run {name!r} has no patterns.safetensors (patterns were not saved)")
+            raise RunError(f"run {name!r} has no {stem}.safetensors (patterns were not saved)")
         try:
             return _tensors.read_tensor(path, key).astype(np.float32)
         except KeyError:
-            raise RunError(f"run {name!r}: patterns.safetensors has no tensor {key!r}") from None
+            raise RunError(f"run {name!r}: {stem}.safetensors has no tensor {key!r}") from None
         except Exception as exc:
-            raise RunError(f"run {name!r}: patterns.safetensors is unreadable "
+            raise RunError(f"run {name!r}: {stem}.safetensors is unreadable "
                            f"({type(exc).__name__}: {self._clean(exc)})") from None
 
-    def has_patterns(self, name: str) -> bool:
+    def value_norm(self, name: str, stream: str, layer: int, index: int, head: int,
+                   stem: str = "patterns") -> np.ndarray | None:
+        """``||v_j W_O[h]||`` per key ``[key]`` of one head (``value_norm/...`` saved beside
+        the patterns, Kobayashi et al. 2020), or None when the run did not save them."""
+        key = f"value_norm/{stream}/{int(layer)}/{int(index)}"
+        path = self.file(name, f"{stem}.safetensors")
+        if path is None:
+            return None
+        try:
+            if key not in _tensors.tensor_keys(path):
+                return None
+        except Exception as exc:
+            raise RunError(f"run {name!r}: {stem}.safetensors is unreadable "
+                           f"({type(exc).__name__}: {self._clean(exc)})") from None
+        return self._rows(name, stem, key, int(head)).astype(np.float32)
+
+    def has_patterns(self, name: str, stem: str = "patterns") -> bool:
         """Whether the run has a patterns file (True for one linking outside RUNS_DIR too:
         reading it then raises RunError, which the page shows)."""
         try:
-            return self.file(name, "patterns.safetensors") is not None
+            return self.file(name, f"{stem}.safetensors") is not None
         except RunError:
             return True
 
-    def pattern_inputs(self, name: str) -> set[int]:
+    def pattern_inputs(self, name: str, stem: str = "patterns") -> set[int]:
         """Input indices with at least one saved pattern (reads only the file header)."""
-        path = self.file(name, "patterns.safetensors")
+        path = self.file(name, f"{stem}.safetensors")
         if path is None:
             return set()
         key = (str(path), _stamp(path))
@@ -177,7 +196,7 @@ class RunStore:
         try:
             keys = _tensors.tensor_keys(path)
         except Exception as exc:
-            raise RunError(f"run {name!r}: patterns.safetensors is unreadable "
+            raise RunError(f"run {name!r}: {stem}.safetensors is unreadable "
                            f"({type(exc).__name__}: {self._clean(exc)})") from None
         found = {int(k.rsplit("/", 1)[1]) for k in keys
                  if k.startswith("pattern/") and k.rsplit("/", 1)[1].isdigit()}

@@ -55,7 +55,7 @@ def test_truncated_patterns_keep_the_head_metrics(damaged):
     assert table is not None and "entropy: mean nats" in texts(table)
     assert "patterns.safetensors is unreadable" in _error_texts(page)
     assert find(page, "detail-layer")["props"]["value"] == 1      # the selectors still work
-    status, out = callback(damaged, "detail-graph.figure", ["self", 1, 3, 0],
+    status, out = callback(damaged, "detail-graph.figure", ["self", 1, 3, 0, "linear", [], "clean"],
                            ["trunc-patterns", {"run": "trunc-patterns"}])
     assert status == 200 and "patterns.safetensors is unreadable" in str(out)
     assert "entropy: mean nats" in str(out["detail-metrics.children"])

@@ -120,14 +120,14 @@ def test_detail_page_text_and_audio(client):
 
 def test_detail_callbacks(client):
     shown = {"run": "whisper", "stream": "encoder", "layer": 0, "head": 0, "input": 0}
-    _, out = callback(client, "detail-graph.figure", ["cross", 3, 5, 1], ["whisper", shown])
+    _, out = callback(client, "detail-graph.figure", ["cross", 3, 5, 1, "linear", [], "clean"], ["whisper", shown])
     assert out["detail-graph.figure"]["layout"]["title"]["text"].startswith("cross L3 H5 · 1")
     assert out["shell-view.data"] == {"run": "whisper", "stream": "cross", "layer": 3,
-                                      "head": 5, "input": 1}
+                                      "head": 5, "input": 1, "prompt": None}
     _, out = callback(client, "detail-layer.options", ["decoder", 9], [9, "whisper", shown])
     assert out["detail-layer.value"] == 0 and out["detail-head.value"] == 0
     assert len(out["detail-head.options"]) == 6
-    _, out = callback(client, "detail-graph.figure", ["self", 0, 0, 0], ["badtensors", shown])
+    _, out = callback(client, "detail-graph.figure", ["self", 0, 0, 0, "linear", [], "clean"], ["badtensors", shown])
     assert "unreadable" in texts(out["detail-message.children"])
 
 
