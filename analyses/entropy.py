@@ -59,8 +59,12 @@ def entropy_table(stats: dict, query_mask: dict) -> pd.DataFrame:
 def _run(ctx: Context) -> Result:
     trace = ctx.stats_trace()
     table = entropy_table(trace.stats, trace.query_mask)
-    summary = {"lowest": _extreme(table, ascending=True), "highest": _extreme(table, ascending=False)}
-    return Result(table, summary=summary)
+    return Result(table, summary=entropy_summary(table))
+
+
+def entropy_summary(table: pd.DataFrame) -> dict:
+    """meta.json's summary of an entropy table: the 3 lowest and highest heads (normalised)."""
+    return {"lowest": _extreme(table, ascending=True), "highest": _extreme(table, ascending=False)}
 
 
 def _extreme(table: pd.DataFrame, ascending: bool, k: int = 3) -> list[dict]:

@@ -115,8 +115,13 @@ def _run(ctx: Context) -> Result:
     p: SinksParams = ctx.params
     tokens = [it.get("tokens", {}) for it in ctx.batch.items]
     table = sinks_table(trace.stats, trace.query_mask, tokens, epsilon=p.epsilon, min_queries=p.min_queries)
+    return Result(table, summary=sinks_summary(table, p))
+
+
+def sinks_summary(table: pd.DataFrame, p: SinksParams) -> dict:
+    """meta.json's summary of a sinks table: sink rates and the 3 strongest first-token sinks."""
     strongest = table.sort_values("sinks.alpha1", ascending=False).head(3)
-    summary = {
+    return {
         "sink_rate_percent": {k: round(v, 2) for k, v in sink_rate(table).items()},
         "sink_head_rule": f"alpha1 > {p.epsilon:g} on more than half of the inputs (sinks.is_sink)",
         # Gu et al.'s published figure: the per-input indicator averaged over inputs and heads
@@ -125,7 +130,6 @@ def _run(ctx: Context) -> Result:
         "strongest": [{"head": f"{r['stream']}/{r['layer']}/{r['head']}", "alpha1": round(r["sinks.alpha1"], 4)}
                       for _, r in strongest.iterrows()],
     }
-    return Result(table, summary=summary)
 
 
 ANALYSIS = Analysis("sinks", _run, params=SinksParams)

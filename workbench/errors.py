@@ -21,6 +21,7 @@ ARG_NAMES = {
     "max_tokens": ("max_tokens", "--max-tokens"),
     "max_prompts": ("max_prompts", "--max-prompts"),
     "batch_size": ("batch_size", "--batch-size"),
+    "chunk_size": ("chunk_size", "--chunk-size"),
     "max_save_gib": ("max_save_gib", "--max-save-gib"),
     "analyses": ("analyses", "--analyses"),
     "params": ("params", "--param"),
@@ -28,6 +29,7 @@ ARG_NAMES = {
     "audio": ("audio", "--audio"),
     "seed": ("seed", "--seed"),
     "store": ("store", "--units"),
+    "units": ("units", "--units"),
 }
 
 

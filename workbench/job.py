@@ -29,6 +29,12 @@ class JobConfig:
     ``max_save_gib``: refuse before tracing when keeping the patterns of ``save_patterns``
     inputs would take more (``_budget.pattern_bytes``).
 
+    Text inputs whose analyses all reduce to mergeable sums (``entropy``, ``sinks``) are
+    traced as a ``dataset_stats.DatasetStats`` job: work units of ``chunk_size`` inputs run by
+    ``executor`` (default in-process), recorded in ``units`` (default: a hidden folder beside
+    ``out``, removed once the run folder is written) so an interrupted run resumes; memory does
+    not grow with the number of inputs. Other analyses keep every input's statistics.
+
     Raises:
         UserError: a count out of range (naming the argument)."""
 
@@ -51,9 +57,13 @@ class JobConfig:
     params_from_text: bool = False  # params values are text typed by a person (the CLI)
     device: str | None = None   # load(device=): "cpu" (default) | "cuda" | "cuda:N"
     dtype: str | None = None    # load(dtype=): "float32" (default) | "bfloat16" | "float16" | "auto"
+    chunk_size: int = 64        # inputs per work unit of the dataset-statistics job
+    executor: object = None     # runs that job's units (``patching.units`` seam); None: in-process
+    units: Path | None = None   # where its finished units are kept; None: beside ``out``
 
     def __post_init__(self) -> None:
-        for name, lo in (("max_prompts", 1), ("max_tokens", 2), ("batch_size", 1), ("save_patterns", 0), ("seed", 0)):
+        for name, lo in (("max_prompts", 1), ("max_tokens", 2), ("batch_size", 1), ("save_patterns", 0), ("seed", 0),
+                         ("chunk_size", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise user_error("{%s} must be an integer >= {lo}, got {v!r}" % name, lo=lo, v=v)
@@ -63,19 +73,27 @@ class JobConfig:
 
 
 def _text_inputs(cfg: JobConfig, model, texts: list[str] | None) -> tuple[Batch, str]:
-    """The text batch; inputs longer than the model's context are refused (or cut with ``truncate``)."""
+    return text_inputs(model, prompts=cfg.prompts, texts=texts, max_prompts=cfg.max_prompts,
+                       max_tokens=cfg.max_tokens, seed=cfg.seed, truncate=cfg.truncate)
+
+
+def text_inputs(model, *, prompts: str | None, texts: list[str] | None, max_prompts: int, max_tokens: int,
+                seed: int = 0, truncate: bool = False) -> tuple[Batch, str]:
+    """(the text batch, what the prompt set is): ``prompts`` natural | random | repeated
+    (None: natural) or the prompt ``texts`` read from the file ``prompts``. Inputs longer than
+    the model's context are refused (UserError), or cut with ``truncate``."""
     from ._budget import check_context, context_limit
     from .inputs import PROMPT_SETS, prompt_set
 
     limit = context_limit(model)
-    n_tok = min(cfg.max_tokens, limit) if cfg.truncate and limit else cfg.max_tokens
-    kind = cfg.prompts or "natural"
+    n_tok = min(max_tokens, limit) if truncate and limit else max_tokens
+    kind = prompts or "natural"
     if kind in PROMPT_SETS:  # exactly n_tok tokens each (Gu et al. 2024); items record the protocol
-        batch = prompt_set(model.tokenizer, kind, max_prompts=cfg.max_prompts, max_tokens=n_tok,
-                           seed=cfg.seed).prepare(model)
+        batch = prompt_set(model.tokenizer, kind, max_prompts=max_prompts, max_tokens=n_tok,
+                           seed=seed).prepare(model)
     else:
         batch, kind = model.prepare(texts, max_tokens=n_tok), str(Path(kind).resolve())
-    check_context(model, batch.query_mask["self"].sum(-1).tolist(), truncate=cfg.truncate)
+    check_context(model, batch.query_mask["self"].sum(-1).tolist(), truncate=truncate)
     return batch, kind
 
 
@@ -117,6 +135,8 @@ def validate(cfg: JobConfig) -> Checked:
         raise user_error("give either {prompts} (text models) or {audio} (audio models), not both")
     check_source(cfg.model, need_tokenizer=not cfg.audio)
     check_target(cfg.out, force=cfg.force)
+    if cfg.units is not None and Path(cfg.units).exists() and not Path(cfg.units).is_dir():
+        raise user_error("{units} {path} is a file; give a folder for the finished work units", path=cfg.units)
     texts = None
     if cfg.prompts and cfg.prompts not in ("natural", "random", "repeated"):
         try:
@@ -201,6 +221,7 @@ def trace_job(cfg: JobConfig) -> tuple[Path, dict]:
     longer than the model's context, patterns over ``max_save_gib``); nothing is written then.
     """
     from ._budget import check_pattern_budget
+    from .dataset_stats import mergeable
     from .zoo._resolve import load_checked
 
     t0 = time.perf_counter()
@@ -229,16 +250,18 @@ def trace_job(cfg: JobConfig) -> tuple[Path, dict]:
     check_pattern_budget(model, batch, cfg.save_patterns, cfg.max_save_gib)
     t1 = time.perf_counter()
     backends_used(reset=True)
-    ctx = Context(model, batch)
-    ctx._stats = chunked_stats(model, batch, cfg.batch_size, cfg.quiet)
-    results, timings, params = {}, {}, {}
-    for name in cfg.analyses:
-        a = reg[name]
-        ctx.params = checked.params[name]
-        ts = time.perf_counter()
-        results[name] = a.run(ctx)
-        timings[name] = round(time.perf_counter() - ts, 3)
-        params[name] = checked.params[name].as_json()
+    results, timings, reduction = {}, {}, None
+    params = {name: checked.params[name].as_json() for name in cfg.analyses}
+    if not model.is_audio and mergeable(cfg.analyses):     # sums per chunk of inputs, merged as they come
+        results, reduction = _dataset_stats(cfg, model, batch, checked)
+    else:
+        ctx = Context(model, batch)
+        ctx._stats = chunked_stats(model, batch, cfg.batch_size, cfg.quiet)
+        for name in cfg.analyses:
+            ctx.params = checked.params[name]
+            ts = time.perf_counter()
+            results[name] = reg[name].run(ctx)
+            timings[name] = round(time.perf_counter() - ts, 3)
     t_trace = time.perf_counter() - t1
     tensors: dict = {}
     pats = kept_patterns(model, batch, cfg.save_patterns)
@@ -262,6 +285,43 @@ def trace_job(cfg: JobConfig) -> tuple[Path, dict]:
         "backend": {"requested": backend, "ran": backends_used()},   # workbench.cuda ops: which backend ran
         "timings_s": {"load": round(t_load, 3), "trace_and_analyses": round(t_trace, 3), **timings},
     }
+    if reduction is not None:
+        meta["reduction"] = reduction
     extra = {f"{stem}": t for r in results.values() for stem, t in r.tables.items()}
     out = save_run(cfg.out, heads, meta, tensors, force=cfg.force, tables=extra)
+    if reduction is not None:
+        from .commands._task_args import remove_units
+
+        remove_units(_units_root(cfg), ["stats"])
     return out, meta
+
+
+def _units_root(cfg: JobConfig) -> Path:
+    from .commands._task_args import units_folder
+
+    return Path(cfg.units) if cfg.units is not None else units_folder(cfg.out)
+
+
+def _dataset_stats(cfg: JobConfig, model, batch: Batch, checked: Checked) -> tuple[dict, dict]:
+    """The analyses' results from a ``DatasetStats`` job (resumable from ``units``), and what
+    meta.json records of how they were reduced."""
+    from .commands._task_args import executor as default_executor, units_note
+    from .dataset_stats import DatasetStats, text_source
+    from .patching.units import UnitStore
+
+    source = text_source(cfg.model, prompts=cfg.prompts, texts=checked.texts, max_prompts=cfg.max_prompts,
+                         max_tokens=cfg.max_tokens, seed=cfg.seed, truncate=cfg.truncate, device=cfg.device,
+                         dtype=cfg.dtype)
+    job = DatasetStats(model, batch, {n: checked.params[n] for n in cfg.analyses}, chunk_size=cfg.chunk_size,
+                       batch_size=cfg.batch_size, source=source)
+    root = _units_root(cfg)
+    ex = cfg.executor if cfg.executor is not None else default_executor(cfg.quiet)
+    try:
+        results = job.run(ex, UnitStore(root / "stats", job.fingerprint()))
+    except KeyboardInterrupt as exc:
+        exc.workbench_note = units_note(root)
+        raise
+    units = job.units()
+    return results, {"kind": "sums per chunk of inputs, merged (workbench.dataset_stats)",
+                     "chunk_size": cfg.chunk_size, "units": len(units),
+                     "units_reused": int(getattr(ex, "reused", 0)), "executor": type(ex).__name__}

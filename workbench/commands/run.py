@@ -25,7 +25,14 @@ def register(sub) -> None:
                    help="cut inputs longer than the model's context to its length (default: refuse them)")
     p.add_argument("--max-save-gib", type=float, default=2.0, metavar="GIB",
                    help="refuse before tracing when the kept patterns would take more memory (default 2)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="inputs per forward (default 8)")
+    p.add_argument("--chunk-size", type=int, default=64, metavar="N",
+                   help="inputs per work unit when the analyses reduce to sums (entropy, sinks): each unit's "
+                        "statistics are summed where it runs and merged, so memory does not grow with the "
+                        "number of prompts (default 64)")
+    p.add_argument("--units", type=Path, default=None, metavar="DIR",
+                   help="folder for finished work units, so an interrupted run resumes (default: .<out>.units "
+                        "beside --out, removed when the run folder is written)")
     p.add_argument("--seed", type=int, default=0)
     add_placement_args(p)
     p.add_argument("--out", required=True, type=Path, help="run folder to create")
@@ -43,7 +50,7 @@ def run(args) -> int:
         max_tokens=args.max_tokens, save_patterns=args.save_patterns, batch_size=args.batch_size, seed=args.seed,
         params=parse_params(args.param), params_from_text=True, force=args.force, quiet=args.quiet,
         command=shlex.join(["workbench", *sys.argv[1:]]), truncate=args.truncate, max_save_gib=args.max_save_gib,
-        device=args.device, dtype=args.dtype,
+        device=args.device, dtype=args.dtype, chunk_size=args.chunk_size, units=args.units,
     )
     out, meta = trace_job(cfg)
     print(format_summary(meta, out))
