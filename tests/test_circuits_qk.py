@@ -90,14 +90,47 @@ def test_qk_attribution_sums_to_score_tiny_gpt2_and_bert():
     assert any(c.kind == "bias" for c in r.components[:-1])              # post-norm betas are components
 
 
-def test_qk_attribution_refuses_cross_heads_and_bad_inputs():
+def test_qk_attribution_whisper_cross_attention_tiny():
+    """Cross-attention: decoder components on the query side, encoder components through the
+    encoder's final norm on the key side; softmax of their sum is HF eager's cross-attention
+    pattern (a separate unwrapped copy), and the hand score from HF's q_proj/k_proj outputs."""
+    ref = _scaled("whisper")
+    ref.set_attn_implementation("eager")
+    m = wrap(_scaled("whisper"))
+    b = tiny_batch("whisper", ref)
+    b.items = [{"index": 0}, {"index": 1}]
+    inputs = {k: v[1:] for k, v in b.model_inputs.items()}
+    with torch.no_grad():
+        cross = ref(**inputs, output_attentions=True).cross_attentions
+    att = ref.model.decoder.layers[1].encoder_attn
+    s = _outputs(ref, inputs, {"q": att.q_proj, "k": att.k_proj})
+    for layer, head in ((0, 1), (1, 3)):
+        r = qk_attribution(m, b, Head("cross", layer, head), input=1)
+        assert r.q_parts.shape[1] == 7 and r.k_parts.shape[1] == 30
+        assert torch.allclose(torch.softmax(r.scores(), -1), cross[layer][0, head].double(), atol=1e-5)
+        assert float((r.scores() - r.actual).abs().max()) < 1e-4
+        k_names = [c.name for c in r.k_components]
+        assert k_names[0] == "encoder/embed" and "encoder/1/2" in k_names and "encoder/mlp/1" in k_names
+        assert k_names[-1] == "bias/in" and "decoder/0/0" in [c.name for c in r.components]
+        if layer == 1:                                          # the score itself, from HF's projections
+            want = (_heads(s["q"], 4)[0, head] * att.scaling) @ _heads(s["k"], 4)[0, head].T
+            assert torch.allclose(r.scores(), want, atol=1e-4, rtol=0) and float(want.abs().max()) > 1.0
+        summ = r.summary(3)
+        assert set(summ.side) == {"query", "key"}
+        assert summ[summ.side == "query"].via_query.sum() == pytest.approx(float(r.actual[:, 3].mean()), abs=1e-4)
+        assert summ[summ.side == "key"].via_key.sum() == pytest.approx(float(r.actual[:, 3].mean()), abs=1e-4)
+        t = r.table(6, 3, top=5)
+        assert t.k_component.isin(k_names).all() and len(t) == 5
+
+
+def test_qk_attribution_refuses_bad_inputs():
     hf = tiny_hf("whisper")
     m, b = wrap(hf), tiny_batch("whisper", hf)
     b.items = [{"index": 0}, {"index": 1}]
-    with pytest.raises(UserError, match="cross-attention"):
-        qk_attribution(m, b, Head("cross", 1, 0))
     with pytest.raises(UserError, match="out of range"):
         qk_attribution(m, b, Head("decoder", 1, 0), input=5)
+    with pytest.raises(UserError, match="heads 0..3"):
+        qk_attribution(m, b, Head("cross", 1, 4))
 
 
 def test_qk_attribution_smollm2_sink_and_retrieval_heads(builtin):

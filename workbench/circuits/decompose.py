@@ -26,7 +26,9 @@ from ._capture import Clean, NormLin
 
 @dataclass(frozen=True, order=True)
 class Component:
-    """One upstream component: ``kind`` embed | head | bias | mlp (layer/head -1 where n/a)."""
+    """One upstream component: ``kind`` embed | head | bias | mlp (layer/head -1 where n/a);
+    ``stream``: a head's stream, ``in``/``out`` for the bias rows of QK attribution and DLA,
+    ``encoder`` for the embed, mlp and bias rows of the encoder stack (cross-attention keys)."""
 
     kind: str
     stream: str = ""
@@ -35,13 +37,12 @@ class Component:
 
     @property
     def name(self) -> str:
-        if self.kind == "embed":
-            return "embed"
         if self.kind == "head":
             return f"{self.stream}/{self.layer}/{self.head}"
-        if self.kind == "bias" and self.stream:                  # bias/out (unembedding side), bias/in (q/k side)
+        if self.kind == "bias" and self.stream in ("in", "out"):   # bias/out (unembedding side), bias/in (q/k side)
             return f"bias/{self.stream}"
-        return f"{self.kind}/{self.layer}" if self.layer >= 0 else self.kind
+        base = "embed" if self.kind == "embed" else f"{self.kind}/{self.layer}" if self.layer >= 0 else self.kind
+        return f"{self.stream}/{base}" if self.stream else base    # encoder/embed: another stack's (cross keys)
 
 
 def gather(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:

@@ -18,12 +18,19 @@ averages them over query positions for one key (e.g. the sink at 0, or a needle)
 upstream heads drive this head's attention there.
 
 Post-norm BERT reads the residual itself; its in-layer norms are linearised by
-``decompose``. Whisper's cross-attention keys come from the encoder and are refused here.
+``decompose``. Whisper's cross-attention: the query side is the decoder's components (the
+layers below and this layer's self-attention, ``encoder_attn_layer_norm`` linearised); the
+keys are computed from the encoder output, so the key side is the encoder's components
+(``encoder/embed``, every encoder head, ``encoder/mlp/L``, ``encoder/bias/L``) through the
+encoder's final norm linearised at the clean run, plus ``bias/in`` (its beta W_K + b_K).
+Summing the key side's rows other than ``bias/in`` gives the encoder output's share as one
+component.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -39,11 +46,13 @@ class QKResult:
     """QK attribution of one head on one input.
 
     Attributes:
-        head: the head; components: ``Component`` rows (the last is ``bias/in``).
-        q_parts: float64 [component, query_pos, d_head]; k_parts: [component, key_pos, d_head]
-            (rotary applied); scaling: the factor on q.k.
+        head: the head; components: ``Component`` rows of the query side (the last is
+            ``bias/in``); key_components: the key side's when they differ (cross-attention:
+            the encoder's), else None (``k_components`` gives either).
+        q_parts: float64 [component, query_pos, d_head]; k_parts: [key component, key_pos,
+            d_head] (rotary applied); scaling: the factor on q.k.
         actual: float64 [query_pos, key_pos] scaling * q . k from the model's own q and k.
-        tokens: token strings of the input (or None).
+        tokens: token strings of the input (or None); causal: queries see only keys <= them.
     """
 
     head: Head
@@ -53,6 +62,13 @@ class QKResult:
     scaling: float
     actual: torch.Tensor
     tokens: list | None = None
+    key_components: list | None = None
+    causal: bool = True
+
+    @property
+    def k_components(self) -> list:
+        """Key-side component rows (the query side's unless the keys come from another stack)."""
+        return self.components if self.key_components is None else self.key_components
 
     def matrix(self, i: int, j: int) -> torch.Tensor:
         """[query component, key component] contributions to s_ij (sums to s_ij)."""
@@ -75,35 +91,44 @@ class QKResult:
         first; ``top`` rows)."""
         m = self.matrix(i, j)
         order = torch.argsort(m.abs().flatten(), descending=True)[:top]
-        c = len(self.components)
+        ck = len(self.k_components)
         return pd.DataFrame({"query_pos": i, "key_pos": j,
-                             "q_component": [self.components[int(k) // c].name for k in order],
-                             "k_component": [self.components[int(k) % c].name for k in order],
+                             "q_component": [self.components[int(k) // ck].name for k in order],
+                             "k_component": [self.k_components[int(k) % ck].name for k in order],
                              "contribution": m.flatten()[order].numpy()})
 
     def summary(self, key_pos: int, queries=None) -> pd.DataFrame:
         """Per component: its mean share of s_{i, key_pos} over query positions ``queries``
         (default: every query that may see the key) through the query and through the key."""
-        qs = torch.arange(key_pos, self.actual.shape[0]) if queries is None else torch.as_tensor(queries)
-        qside = self.query_side()[:, qs, key_pos].mean(1)
-        kside = self.key_side()[:, qs, key_pos].mean(1)
-        return pd.DataFrame({"component": [c.name for c in self.components], "kind": [c.kind for c in self.components],
-                             "via_query": qside.numpy(), "via_key": kside.numpy()}) \
-            .sort_values("via_query", key=abs, ascending=False).reset_index(drop=True)
+        t = self.actual.shape[0]
+        qs = torch.as_tensor(queries) if queries is not None else torch.arange(key_pos if self.causal else 0, t)
+        qside = self.query_side()[:, qs, key_pos].mean(1).numpy()
+        kside = self.key_side()[:, qs, key_pos].mean(1).numpy()
+        if self.key_components is None:
+            out = pd.DataFrame({"component": [c.name for c in self.components],
+                                "kind": [c.kind for c in self.components], "via_query": qside, "via_key": kside})
+        else:                                           # two component lists: each side's rows, NaN on the other
+            cs = self.components + self.key_components
+            nq = len(self.components)
+            out = pd.DataFrame({"component": [c.name for c in cs], "kind": [c.kind for c in cs],
+                                "side": ["query"] * nq + ["key"] * (len(cs) - nq),
+                                "via_query": np.r_[qside, np.full(len(cs) - nq, np.nan)],
+                                "via_key": np.r_[np.full(nq, np.nan), kside]})
+        size = out[["via_query", "via_key"]].abs().max(axis=1)
+        return out.loc[size.sort_values(ascending=False, kind="stable").index].reset_index(drop=True)
 
 
 def qk_attribution(model, batch, head: Head, *, input: int = 0) -> QKResult:
     """Decompose head ``head``'s pre-softmax scores on input ``input`` of ``batch`` (module
-    docstring). One recorded forward of that input.
+    docstring). One recorded forward of that input (two for a cross-attention head: the
+    encoder stack is recorded too).
 
     Raises:
-        UserError: a cross-attention head, an unknown head or input, a family not covered.
+        UserError: an unknown head or input, a family not covered, a model whose q or k the
+            recomputation does not reproduce.
     """
     check(model)
     site = head_site(model, head)
-    if head.stream == "cross":
-        raise UserError("QK attribution of a cross-attention head needs the encoder's components on the key side; "
-                        "give a self-attention head")
     if not 0 <= input < len(batch):
         raise UserError(f"input {input} is out of range: the batch has {len(batch)} inputs")
     one = batch.select([input])
@@ -115,23 +140,47 @@ def qk_attribution(model, batch, head: Head, *, input: int = 0) -> QKResult:
     if norm is not None:
         lin = NormLin(norm, rec.norm_in[("attn", site.key)])
         comps, beta = lin.linear(comps), lin.beta
-    comps = comps[:, 0]                                                    # [C, T, d]
     w = qkv(model, site)
     kvh = head.head // (site.n_heads // site.n_kv_heads)
-    parts = {}
-    for kind, h in (("Q", head.head), ("K", kvh)):
-        p = comps @ w[f"W_{kind}"][h]                                      # [C, T, dh]
-        bias = w[f"b_{kind}"][h].expand(p.shape[1], -1)
-        if beta is not None:
-            bias = bias + beta @ w[f"W_{kind}"][h]
-        parts[kind] = torch.cat([p, bias[None]])
-    rope = rotary(model, rec.attn_in[site.key][1])
-    if rope is not None:
-        parts = {k: rotate(v, rope[0][0], rope[1][0]) for k, v in parts.items()}      # cos/sin [T, dh]
+    q_parts = _project(comps[:, 0], beta, w["W_Q"][head.head], w["b_Q"][head.head])
+    k_names, k_parts = names, None
     q, k, _, _, _, scaling = rec.qkv[site.key]
-    reproduces(parts["Q"].sum(0), q[0, head.head], f"{head.name}'s query", model)
-    reproduces(parts["K"].sum(0), k[0, kvh], f"{head.name}'s key", model)
+    if head.stream == "cross":                                            # keys from the encoder stack
+        k_names, k_comps, k_beta = _encoder_side(model, one, stack)
+        k_parts = _project(k_comps, k_beta, w["W_K"][kvh], w["b_K"][kvh])
+    else:
+        k_parts = _project(comps[:, 0], beta, w["W_K"][kvh], w["b_K"][kvh])
+        rope = rotary(model, rec.attn_in[site.key][1])
+        if rope is not None:
+            q_parts, k_parts = (rotate(x, rope[0][0], rope[1][0]) for x in (q_parts, k_parts))   # cos/sin [T, dh]
+    reproduces(q_parts.sum(0), q[0, head.head], f"{head.name}'s query", model)
+    reproduces(k_parts.sum(0), k[0, kvh], f"{head.name}'s key", model)
     actual = scaling * q[0, head.head].double() @ k[0, kvh].double().T
-    names = names + [Component("bias", stream="in")]
+    bias = Component("bias", stream="in")
+    names, k_names = names + [bias], (None if k_names is names else k_names + [bias])
     tokens = (one.items[0].get("tokens") or {}).get(head.stream) if one.items else None
-    return QKResult(head, names, parts["Q"], parts["K"], scaling, actual, tokens)
+    causal = model.kind == "causal" or head.stream == "decoder"
+    return QKResult(head, names, q_parts, k_parts, scaling, actual, tokens, k_names, causal)
+
+
+def _project(comps: torch.Tensor, beta, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Components [C, T, d] (norm already linearised) -> [C + 1, T, d_head] through one head's
+    projection w [d, d_head]; the last row is the bias b (+ the norm's beta @ w)."""
+    p = comps @ w
+    bias = b.expand(p.shape[1], -1)
+    if beta is not None:
+        bias = bias + beta @ w
+    return torch.cat([p, bias[None]])
+
+
+def _encoder_side(model, one, stack):
+    """(names, components [C, S, d] of the encoder output with its final norm linearised,
+    the norm's beta or None): what a cross-attention's keys are computed from."""
+    others = [st for st in model.stacks if st is not stack]
+    if len(others) != 1 or others[0].final_norm is None:
+        raise UserError(f"{model.name}: cannot tell which stack's output the cross-attention keys read")
+    rec = record(model, one, others[0])
+    names, comps = components(rec, None, None)                             # residual entering the final norm
+    lin = NormLin(others[0].final_norm, rec.norm_in["final"])
+    names = [c if c.kind == "head" else replace(c, stream=others[0].streams[0]) for c in names]
+    return names, lin.linear(comps)[:, 0], lin.beta

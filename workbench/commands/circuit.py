@@ -15,7 +15,8 @@
   component its share of the scores to ``--key`` (default 0, the sink position) via query
   and key; ``qk.safetensors`` ``q_parts``/``k_parts`` [component, pos, d_head] (a
   contribution matrix is ``scaling * q_parts[:, i] @ k_parts[:, j].T``), ``actual`` and
-  ``query_side``/``key_side`` [component, query_pos, key_pos]; meta lists component names.
+  ``query_side``/``key_side`` [component, query_pos, key_pos]; meta lists the component names
+  of each side (``components``, ``key_components``: the encoder's for a cross-attention head).
 - ``composition``: Q/K/V composition of every head pair from the weights (no task inputs).
   ``composition.parquet`` one row per (sender, receiver, kind); ``composition.safetensors``
   ``scores`` [head, head, 3]; heads.parquet gets ``composition.max_out`` /
@@ -161,6 +162,7 @@ def _qk(model, task, args):
     heads["qk.selected"] = (heads.stream == head[0].stream) & (heads.layer == head[0].layer) & (heads["head"] == head[0].head)
     info = {"head": head[0].name, "input": args.input, "key": args.key, "scaling": r.scaling,
             "components": [c.name for c in r.components], "tokens": r.tokens,
+            "key_components": [c.name for c in r.k_components], "causal": r.causal,
             "max_abs_sum_minus_actual": float((r.scores() - r.actual).abs().max())}
     tensors = {"q_parts": r.q_parts, "k_parts": r.k_parts, "actual": r.actual, "query_side": r.query_side(),
                "key_side": r.key_side()}
