@@ -100,6 +100,9 @@ def build_prompt(tokenizer, needle: Needle, length: int, depth: float, *, max_po
     if start is None:
         raise ValueError(f"needle answer {needle.answer!r} (tokens {ans}) is not found in the tokenised prompt; "
                          "tokenisation merged it with neighbouring text: reword the needle")
+    if len(ids) + max_new_tokens > max_positions:
+        raise ValueError(f"the prompt has {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds the "
+                         f"model's window of {max_positions} positions; use a shorter context length")
     return NiahPrompt(ids, (start, start + len(ans)), needle, len(ids), depth)
 
 
@@ -128,38 +131,96 @@ def rouge1_recall(output: str, reference: str) -> float:
     return hit / len(ref)
 
 
-@torch.no_grad()
-def greedy(model, ids: list[int], max_new_tokens: int, edits=(), stop: str = "\n.", argmax: bool = False):
-    """Greedy continuation of ``ids`` with the KV cache, through ``model.run`` so that
-    ``edits`` (e.g. ``Ablate(..., kind="uniform")``) act at every step. Stops at eos or
-    after a token containing a character of ``stop``.
+# Prefill chunk budget when an edit needs attention probabilities (``Ablate(kind="uniform")``,
+# ``EditPattern``): the tracer then computes a site's float32 probabilities [head, chunk,
+# keys] for the chunk of prompt rows being prefilled, so the prompt goes through the KV cache
+# in chunks of about this many bytes of probabilities (memory linear in the prompt length).
+PREFILL_BLOCK_BYTES = 64 << 20
 
-    Returns the new token ids, and with ``argmax=True`` also {(stream, layer): long
-    [head, step]}: the argmax key of each head's attention row at the query that emitted
-    each new token (captured with ``Stats`` during decoding).
+
+@dataclass
+class Decoded:
+    """A greedy continuation.
+
+    Attributes:
+        tokens: the new token ids (eos not included).
+        argmax: {(stream, layer): long [head, step]} the argmax key of each head's attention
+            row at the query that emitted each new token (None unless asked for).
+        rows: one {(stream, layer): float32 [head, key_pos]} per step, the attention rows
+            themselves (key_pos = prompt length + step; None unless asked for).
     """
-    from workbench.capture import Stats
 
+    tokens: list[int]
+    argmax: dict | None = None
+    rows: list | None = None
+
+
+def _needs_probs(edits) -> bool:
+    from workbench.capture import Ablate, EditPattern
+
+    return any(isinstance(e, EditPattern) or (isinstance(e, Ablate) and e.kind == "uniform") for e in edits)
+
+
+def prefill_chunk(model, n_tokens: int, edits=()) -> int:
+    """Prompt rows per prefill forward: all of them (plain SDPA, no probabilities) unless an
+    edit needs probabilities, then about ``PREFILL_BLOCK_BYTES`` of float32 [head, rows, keys]."""
+    if not _needs_probs(edits):
+        return max(1, n_tokens)
+    heads = max(s.n_heads for s in model.sites)
+    return max(1, PREFILL_BLOCK_BYTES // (heads * max(1, n_tokens) * 4))
+
+
+@torch.no_grad()
+def greedy(model, ids: list[int], max_new_tokens: int, edits=(), stop: str = "\n.", argmax: bool = False,
+           rows: bool = False) -> Decoded:
+    """Greedy continuation of ``ids`` with the HF KV cache, through ``model.run`` so that
+    ``edits`` (e.g. ``Ablate(..., kind="uniform")``) act on the prompt and at every step.
+    Stops at eos or after a token containing a character of ``stop``.
+
+    As Wu et al. 2024's code does, the prompt but its last token is prefilled into the KV
+    cache with no capture (transformers' SDPA: no T x T pattern; in chunks of
+    ``prefill_chunk`` rows when an edit needs probabilities), then decoding starts from the
+    last prompt token. Only the decode steps capture attention (``Pattern`` of the ``self``
+    sites with one query row: [head, 1, keys] per site and step, HF's eager probabilities),
+    so memory is linear in the prompt length (the KV cache plus one row per head).
+
+    ``argmax=True`` fills ``Decoded.argmax``, ``rows=True`` keeps the rows (``Decoded.rows``).
+    Raises ValueError for an empty prompt.
+    """
+    from workbench.capture import Pattern
+
+    if not ids:
+        raise ValueError("the prompt has no tokens")
     tok = model.tokenizer
     eos = tok.eos_token_id
-    cur = torch.tensor([ids])
-    past, out, arg = None, [], {}
-    capture = [Stats("self")] if argmax else []
+    past = None
+    n = len(ids) - 1
+    step = prefill_chunk(model, n, edits)
+    for a in range(0, n, step):
+        past = _forward(model, ids[a:min(a + step, n)], past, edits, []).output.past_key_values
+    capture = [Pattern("self")] if argmax or rows else []
+    out, arg, kept, cur = [], {}, [], ids[-1]
     for _ in range(max_new_tokens):
-        inputs = {"input_ids": cur, "use_cache": True, "logits_to_keep": 1}
-        if past is not None:
-            inputs["past_key_values"] = past
-        tr = model.run(Batch(inputs, {}, [{}]), capture=capture, edits=list(edits))
+        tr = _forward(model, [cur], past, edits, capture)
         past = tr.output.past_key_values
         nxt = int(tr.logits[0, -1].argmax())
         if nxt == eos:
             break
         out.append(nxt)
-        for k, st in tr.stats.items():
-            arg.setdefault(k, []).append(st.row_max_pos[0, :, -1])
+        step_rows = {k: p[0, :, -1] for k, p in tr.pattern.items()}          # [head, key_pos]
+        for k, r in step_rows.items():
+            arg.setdefault(k, []).append(r.argmax(-1))
+        if rows:
+            kept.append(step_rows)
         if any(c in tok.decode([nxt]) for c in stop):
             break
-        cur = torch.tensor([[nxt]])
-    if argmax:
-        return out, {k: torch.stack(v, -1) for k, v in arg.items()}
-    return out
+        cur = nxt
+    return Decoded(out, {k: torch.stack(v, -1) for k, v in arg.items()} if argmax else None,
+                   kept if rows else None)
+
+
+def _forward(model, ids: list[int], past, edits, capture):
+    inputs = {"input_ids": torch.tensor([ids]), "use_cache": True, "logits_to_keep": 1}
+    if past is not None:
+        inputs["past_key_values"] = past
+    return model.run(Batch(inputs, {}, [{}]), capture=capture, edits=list(edits))

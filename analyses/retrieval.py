@@ -24,7 +24,13 @@ Choices made here (see ``_niah`` for prompts):
   positive score so that "top-k retrieval heads" are never zero-score heads.
 - Default grid: lengths 256/512 tokens x 10 depths x 2 needles (40 tests, plus 80 for the
   masking check; ~10 min for SmolLM2-135M on 2 CPU cores); ``grid="quick"``: 160 tokens x
-  3 depths x 2 needles. Lengths, depths and the number of needles are parameters.
+  3 depths x 2 needles; ``grid="long"``: 4096 and 8192 tokens x 5 depths x 1 needle, each
+  length capped at the model's window minus ``max_new_tokens`` (SmolLM2: 4096 and 8176).
+  Lengths, depths and the number of needles are parameters (``lengths=(4096, 8176)``).
+- Long context (Wu et al.'s code does the same): the prompt but its last token is prefilled
+  into the HF KV cache with no capture (SDPA, no T x T pattern; in chunks of query rows when
+  the masking edit needs probabilities), and only the decode steps compute eager attention,
+  one query row per head over all keys (``_niah.greedy``): memory linear in the length.
 Raises ValueError for a non-causal model, a context longer than the model's window, and
 a needle whose answer tokens are not in the tokenised prompt.
 """
@@ -48,6 +54,7 @@ THRESHOLD = 0.1
 GRIDS = {
     "default": {"lengths": (256, 512), "depths": tuple(np.linspace(0, 1, 10).round(3)), "needles": 2},
     "quick": {"lengths": (160,), "depths": (0.2, 0.5, 0.8), "needles": 2},
+    "long": {"lengths": (4096, 8192), "depths": (0.1, 0.3, 0.5, 0.7, 0.9), "needles": 1},
 }
 
 
@@ -85,6 +92,20 @@ def grid_prompts(model, lengths, depths, n_needles: int, max_new_tokens: int = 1
             for L in lengths for d in depths for nd in NEEDLES[:n_needles]]
 
 
+def grid_settings(model, p: RetrievalParams) -> dict:
+    """{"lengths", "depths", "needles"} of ``p.grid`` with the given overrides; the ``long``
+    grid's lengths are capped at the model's window minus ``p.max_new_tokens`` (duplicates
+    dropped), lengths given explicitly are kept as they are."""
+    grid = dict(GRIDS[p.grid])
+    if p.grid == "long" and p.lengths is None:
+        window = int(getattr(model.hf.config, "max_position_embeddings", 10 ** 9))
+        grid["lengths"] = tuple(dict.fromkeys(min(L, window - p.max_new_tokens) for L in grid["lengths"]))
+    for key in ("lengths", "depths", "needles"):
+        if p[key] is not None:
+            grid[key] = p[key]
+    return grid
+
+
 def copy_scores(prompt: NiahPrompt, gen: list[int], argmax: dict) -> dict[Head, float]:
     """Per head: |needle positions copied| / |needle span| for one decoded test, in [0, 1].
 
@@ -112,7 +133,7 @@ def run_niah(model, prompts: list[NiahPrompt], edits=(), *, max_new_tokens: int 
     rows, totals, n_ok = [], {}, 0
     for i, pr in enumerate(prompts):
         res = greedy(model, pr.ids, max_new_tokens, edits, argmax=score)
-        gen, arg = res if score else (res, None)
+        gen, arg = res.tokens, res.argmax
         text = tok.decode(gen)
         rec = rouge1_recall(text, pr.needle.answer)
         ok = rec > 0.5
@@ -158,10 +179,7 @@ def masking_check(model, prompts, table: pd.DataFrame, k: int, *, seed: int = 0,
 
 def _run(ctx: Context) -> Result:
     model, p = ctx.model, ctx.params
-    grid = dict(GRIDS[p.grid])
-    for key in ("lengths", "depths", "needles"):
-        if p[key] is not None:
-            grid[key] = p[key]
+    grid = grid_settings(model, p)
     thr, mnt = p.threshold, p.max_new_tokens
     prompts = grid_prompts(model, grid["lengths"], grid["depths"], int(grid["needles"]), mnt, p.seed)
     tests, totals, n_ok = run_niah(model, prompts, max_new_tokens=mnt)
