@@ -97,6 +97,8 @@ def run(args) -> int:
                                   "also": [{"method": r.method, "seconds": round(r.seconds, 3), "units_reused": k}
                                            for r, k in results[1:]]}}
     tensors = {"patch": main.tensors()}
+    from .._patch_patterns import prompt_patterns      # patterns of the first pairs, for the Head detail page
+    tensors.update(prompt_patterns(model, task, meta))
     for r, _ in results[1:]:
         tensors[f"patch_{r.method.replace('*', '_star')}"] = r.tensors()
     save_run(out, table, meta, tensors, force=args.force)
