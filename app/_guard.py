@@ -72,7 +72,7 @@ KINDS: dict[tuple[str, str], Kind] = {
     ("detail-stream", "value"): TEXT, ("detail-layer", "value"): INT,
     ("detail-head", "value"): INT, ("detail-input", "value"): INT,
     ("detail-scale", "value"): TEXT, ("detail-colour", "value"): TEXTS, ("detail-prompt", "value"): TEXT,
-    ("detail-thumbs", "clickData"): ANY, ("patching-effects", "clickData"): ANY,
+    ("detail-thumbs", "clickData"): ANY,
     ("flow-input", "value"): INT, ("flow-quantity", "value"): TEXT, ("flow-heads", "value"): TEXTS,
     ("patching-pos-input", "value"): INT, ("patching-x", "value"): TEXT,
     ("patching-y", "value"): TEXT,

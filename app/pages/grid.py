@@ -7,9 +7,11 @@ a small pattern preview (one head's slice), with a link to the Head detail page.
 from __future__ import annotations
 
 import dash
+import pandas as pd
 from dash import Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
+from .._top_heads import top_heads_panel
 from ..components import control, dropdown, message, metrics_table, run_picker
 from ..fig_grid import clicked_head, head_grid_figure
 from ..fig_pattern import pattern_preview
@@ -17,6 +19,9 @@ from ..metrics import HEAD_KEYS, default_metric, label, metric_options
 from ..run import Run, RunError
 from ..run_page import register_run_switch, run_page
 from ..view import current_store, href, one, pick_head, pick_input, unchanged
+
+
+TOP_STYLE = {"flex": "0 0 230px", "fontSize": "13px"}
 
 
 def _compare(store, run: Run, name: str | None) -> tuple[Run | None, str | None]:
@@ -32,7 +37,8 @@ def _compare(store, run: Run, name: str | None) -> tuple[Run | None, str | None]
 
 
 def _figure(store, run: Run, metric: str | None, compare: str | None, selected) -> tuple:
-    """(heatmap, message or None); a metric the run lacks falls back to the default one."""
+    """(heatmap, message or None, top-heads panel); a metric the run lacks falls back to the
+    default one; with a compared run the panel ranks the differences."""
     metric = metric if metric in run.heads.columns and metric not in HEAD_KEYS \
         else default_metric(run.heads)
     if metric is None:
@@ -43,7 +49,22 @@ def _figure(store, run: Run, metric: str | None, compare: str | None, selected) 
     title = f"{run.name}: {label(metric)}" + (f"  (minus {other.name})" if other else "")
     fig = head_grid_figure(run.heads, metric, compare=other.heads if other else None,
                            selected=selected, title=title, meta=run.meta)
-    return fig, (message(msg) if msg else None)
+    return fig, (message(msg) if msg else None), _top(run, metric, other)
+
+
+def _top(run: Run, metric: str, other: Run | None):
+    heads = run.heads
+    if other is not None and metric in other.heads.columns:
+        theirs = other.heads.set_index(["stream", "layer", "head"])[metric]
+        try:
+            diff = heads[metric].to_numpy(dtype=float) - theirs.reindex(
+                pd.MultiIndex.from_frame(heads[["stream", "layer", "head"]])).to_numpy(dtype=float)
+        except (TypeError, ValueError):             # a class column: nothing to rank
+            diff = None
+        if diff is not None:
+            heads = heads[["stream", "layer", "head"]].assign(**{f"diff.{metric}": diff})
+            metric = f"diff.{metric}"
+    return top_heads_panel(run.name, heads, metric, run.meta, "grid-top")
 
 
 def _selected_panel(store, run: Run, sel) -> list:
@@ -74,7 +95,7 @@ def _body(store, run: Run, metric, compare, stream, layer, head) -> tuple[list, 
             {"run": run.name}
     sel = pick_head(run, stream, layer, head) if one(stream) is not None else None
     compare = one(compare)
-    fig, msg = _figure(store, run, metric, compare, sel)
+    fig, msg, top = _figure(store, run, metric, compare, sel)
     view = {"run": run.name, "metric": metric, "compare": compare,
             "head": list(sel) if sel else None}
     return [
@@ -87,6 +108,7 @@ def _body(store, run: Run, metric, compare, stream, layer, head) -> tuple[list, 
         html.Div(msg, id="grid-message"),
         html.Div([
             html.Div(dcc.Graph(id="grid-heatmap", figure=fig), className="card grow"),
+            html.Div(top, id="grid-top-card", className="card", style=TOP_STYLE),
             html.Div(_selected_panel(store, run, sel), id="grid-selected", className="card side"),
         ], className="row"),
         dcc.Store(id="grid-head", data=list(sel) if sel else None),
@@ -111,6 +133,7 @@ def register(app: dash.Dash) -> None:
     register_run_switch(app, "grid", _body, None, None, None, None, None, url_view=_url_view)
 
     @app.callback(Output("grid-heatmap", "figure"), Output("grid-message", "children"),
+                  Output("grid-top-card", "children"),
                   Output("grid-view", "data", allow_duplicate=True),
                   Output("shell-view", "data", allow_duplicate=True),
                   Input("grid-metric", "value"), Input("grid-compare", "value"),
@@ -122,11 +145,11 @@ def register(app: dash.Dash) -> None:
         store = current_store()
         view = {"run": name, "metric": metric, "compare": compare, "head": sel}
         try:
-            fig, msg = _figure(store, store.run(name), metric, compare,
-                               tuple(sel) if sel else None)
+            fig, msg, top = _figure(store, store.run(name), metric, compare,
+                                    tuple(sel) if sel else None)
         except (RunError, ValueError) as exc:
-            return dash.no_update, message(str(exc)), view, _url_view(view)
-        return fig, msg, view, _url_view(view)
+            return dash.no_update, message(str(exc)), dash.no_update, view, _url_view(view)
+        return fig, msg, top, view, _url_view(view)
 
     @app.callback(Output("grid-head", "data"), Input("grid-heatmap", "clickData"),
                   prevent_initial_call=True)

@@ -1,5 +1,8 @@
-"""Patching & pruning page: effect heatmaps per method, exact vs AtP scatter, effects per
-query position (``workbench patch --per-position``), pruning curves.
+"""Patching & pruning page: what the run did (task, metric, clean and corrupt metric values,
+pairs, example prompts: ``_patch_info``), effect heatmaps per method each beside its ranked
+top heads, exact vs AtP scatter, effects per query position (``workbench patch
+--per-position``), pruning curves. A click on any heatmap cell opens that head's detail
+(a patch run saves the patterns of its first clean and corrupt prompts).
 
 Effect columns are the numeric ``patch.*``, ``atp.*``, ``importance.*``, ``prune.*``
 columns of ``heads.parquet``; pruning curves come from ``prune_curve.parquet``. Runs
@@ -9,7 +12,11 @@ from __future__ import annotations
 
 import dash
 import numpy as np
-from dash import Input, Output, State, dcc, html
+from dash import ALL, Input, Output, State, dcc, html
+
+from .._detail_panels import has_corrupt
+from .._patch_info import task_card
+from .._top_heads import top_heads_panel
 
 from ..components import control, dropdown, message
 from ..fig_patching import effect_heatmap, position_figure, prune_curve_figure, scatter_figure
@@ -19,6 +26,18 @@ from ..run_page import register_run_switch, run_page
 from ..view import current_store, input_options, pick_input
 
 TOP_HEADS = 20      # heads shown per position: the largest |patch.effect|
+
+# a click on an effect heatmap cell (customdata = stream, y = layer, x = head) opens its detail
+OPEN_JS = """
+function(clicks, run) {
+    const t = dash_clientside.callback_context.triggered;
+    const ev = t.length ? t[0].value : null;
+    if (!ev || !ev.points || !ev.points.length || !run) { return dash_clientside.no_update; }
+    const p = ev.points[0];
+    const q = new URLSearchParams({run: run, stream: p.customdata, layer: p.y, head: p.x});
+    return '/detail?' + q.toString();
+}
+"""
 
 
 def position_view(store, run: Run, index: int, k: int = TOP_HEADS):
@@ -51,14 +70,17 @@ def position_view(store, run: Run, index: int, k: int = TOP_HEADS):
 def _body(store, run: Run) -> tuple[list, dict]:
     cols = effect_columns(run.heads)
     shown = heatmap_columns(run.heads)
-    out = []
+    out = [task_card(run, store.has_patterns(run.name), has_corrupt(store, run)),
+           dcc.Location(id="patching-go", refresh="callback-nav")]
     if not cols:
         out.append(message(f"run {run.name!r} has no patching or importance columns; "
                            "`workbench patch` and `workbench prune` add them.", "info"))
     else:
-        out.append(html.Div([html.Div(dcc.Graph(id=f"patching-effect-{i}",
-                                                figure=effect_heatmap(run.heads, c, run.meta)),
-                                      className="grow", style={"minWidth": "420px"})
+        out.append(html.Div([html.Div([html.Div(dcc.Graph(id={"type": "patching-effect", "index": i},
+                                                          figure=effect_heatmap(run.heads, c, run.meta)),
+                                                className="grow"),
+                                       top_heads_panel(run.name, run.heads, c, run.meta, f"patching-top-{i}")],
+                                      className="row", style={"minWidth": "620px", "flex": "1 1 620px"})
                              for i, c in enumerate(shown)], className="card row",
                             style={"flexWrap": "wrap"}))
     if len(shown) >= 2:                                # a scatter needs two different quantities
@@ -106,6 +128,9 @@ def register(app: dash.Dash) -> None:
     dash.register_page(__name__, path="/patching", name="Patching & pruning",
                        title="workbench · patching", order=4, layout=layout)
     register_run_switch(app, "patching", _body)
+    app.clientside_callback(OPEN_JS, Output("patching-go", "href"),
+                            Input({"type": "patching-effect", "index": ALL}, "clickData"),
+                            State("patching-run", "value"), prevent_initial_call=True)
 
     @app.callback(Output("patching-pos-graph", "figure"), Input("patching-pos-input", "value"),
                   State("patching-run", "value"), prevent_initial_call=True)

@@ -88,6 +88,6 @@ def test_detail_audio_without_spectrogram_still_draws_the_pattern(damaged):
 
 def test_patching_page_keeps_heatmaps_when_patch_tensors_are_corrupt(damaged):
     page = render(damaged, "/patching", "?run=bad-patch")
-    assert find(page, "patching-effect-0")["props"]["figure"]["data"]
+    assert find(page, {"type": "patching-effect", "index": 0})["props"]["figure"]["data"]
     assert find(page, "patching-prune") is not None
     assert "patch.safetensors is unreadable" in _error_texts(page)

@@ -155,7 +155,7 @@ def test_patching_page(client):
     page = render(client, "/patching", "?run=smol")
     assert find(page, "patching-x")["props"]["value"] == "patch.effect"
     assert find(page, "patching-y")["props"]["value"] == "patch.atp"
-    assert find(page, "patching-prune") is not None and find(page, "patching-effect-2")
+    assert find(page, "patching-prune") is not None and find(page, {"type": "patching-effect", "index": 2})
     _, out = callback(client, "patching-scatter.figure", ["importance.michel", "patch.atp"],
                       ["smol"])
     assert "importance: michel" in out["patching-scatter.figure"]["layout"]["xaxis"]["title"][

@@ -127,7 +127,7 @@ def test_patching_and_grid_pages_use_the_run_meta(tmp_path):
     page = render(client, "/patching", "?run=patched")
     graphs = {}
     for i in range(6):
-        g = find(page, f"patching-effect-{i}")
+        g = find(page, {"type": "patching-effect", "index": i})
         if g is not None:
             fig = g["props"]["figure"]
             graphs[fig["layout"]["title"]["text"]] = fig["layout"]["coloraxis"]
