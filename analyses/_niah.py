@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.batch import Batch
+from workbench.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -66,20 +67,22 @@ def build_prompt(tokenizer, needle: Needle, length: int, depth: float, *, max_po
                  max_new_tokens: int = 16, seed: int = 0) -> NiahPrompt:
     """A prompt of about ``length`` tokens with the needle at ``depth``.
 
-    Raises ValueError when ``length + max_new_tokens`` exceeds the model's window, when
-    ``depth`` is outside [0, 1], or when the answer's tokens are not found in the
-    tokenised prompt (tokenisation merged it with its neighbours).
+    Raises UserError (a ValueError) when ``length + max_new_tokens`` (or the tokenised
+    prompt plus ``max_new_tokens``) exceeds the model's window or ``length`` is too short
+    for a haystack; ValueError when ``depth`` is outside [0, 1] or when the answer's tokens
+    are not found in the tokenised prompt (tokenisation merged it with its neighbours).
     """
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
     if length + max_new_tokens > max_positions:
-        raise ValueError(f"context length {length} + {max_new_tokens} new tokens exceeds the model's window of "
-                         f"{max_positions} positions; use shorter --niah-lengths")
+        raise UserError(f"NIAH context length {length} + {max_new_tokens} new tokens exceeds the model's window of "
+                        f"{max_positions} positions; use lengths of at most {max_positions - max_new_tokens}")
     tail = f"\n\nQuestion: {needle.question}\nAnswer: {needle.lead}"
     n = lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
     budget = length - n(tail) - n(" " + needle.sentence) - 2
     if budget < 8:
-        raise ValueError(f"context length {length} is too short for a haystack; use at least {length - budget + 8}")
+        raise UserError(f"NIAH context length {length} is too short for a haystack; use lengths of at least "
+                        f"{length - budget + 8}")
     hay, used = [], 0
     pool = _haystack_sentences(seed=seed)
     while used < budget:
@@ -101,8 +104,8 @@ def build_prompt(tokenizer, needle: Needle, length: int, depth: float, *, max_po
         raise ValueError(f"needle answer {needle.answer!r} (tokens {ans}) is not found in the tokenised prompt; "
                          "tokenisation merged it with neighbouring text: reword the needle")
     if len(ids) + max_new_tokens > max_positions:
-        raise ValueError(f"the prompt has {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds the "
-                         f"model's window of {max_positions} positions; use a shorter context length")
+        raise UserError(f"the NIAH prompt of length {length} has {len(ids)} tokens; with {max_new_tokens} new tokens "
+                        f"it exceeds the model's window of {max_positions} positions; use shorter lengths")
     return NiahPrompt(ids, (start, start + len(ans)), needle, len(ids), depth)
 
 

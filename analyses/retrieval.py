@@ -31,8 +31,9 @@ Choices made here (see ``_niah`` for prompts):
   into the HF KV cache with no capture (SDPA, no T x T pattern; in chunks of query rows when
   the masking edit needs probabilities), and only the decode steps compute eager attention,
   one query row per head over all keys (``_niah.greedy``): memory linear in the length.
-Raises ValueError for a non-causal model, a context longer than the model's window, and
-a needle whose answer tokens are not in the tokenised prompt.
+Raises ValueError for a non-causal model and a needle whose answer tokens are not in the
+tokenised prompt; UserError (a ValueError) for a context length that does not fit the
+model's window with ``max_new_tokens`` decoded tokens.
 """
 from __future__ import annotations
 

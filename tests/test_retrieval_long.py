@@ -14,6 +14,7 @@ import workbench.cuda.stats.naive as naive_mod
 from workbench.analyses import _niah, retrieval
 from workbench.analyses._niah import NEEDLES, build_prompt, greedy
 from workbench.capture import Ablate
+from workbench.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -136,5 +137,5 @@ def test_long_grid_params(smol):
     assert retrieval.grid_settings(smol, p)["lengths"] == (4096, 8000)
     prompts = retrieval.grid_prompts(smol, (8176,), (0.5,), 1, 16)
     assert 8000 < len(prompts[0].ids) <= 8176
-    with pytest.raises(ValueError, match="window"):
+    with pytest.raises(UserError, match="window of 8192 positions; use lengths of at most 8160$"):
         retrieval.grid_prompts(smol, (8176,), (0.5,), 1, 32)
