@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    from ._task_args import add_placement_args
+    from ._task_args import add_executor_args, add_placement_args
 
     p = sub.add_parser("run", help="trace a model on real input, run analyses, write a run folder")
     p.add_argument("model", help="built-in name (see `workbench models`), local HF folder or hub id")
@@ -35,6 +35,7 @@ def register(sub) -> None:
                         "beside --out, removed when the run folder is written)")
     p.add_argument("--seed", type=int, default=0)
     add_placement_args(p)
+    add_executor_args(p)            # the units of the dataset statistics (entropy, sinks of text prompts)
     p.add_argument("--out", required=True, type=Path, help="run folder to create")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -43,14 +44,26 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..job import JobConfig, trace_job
+    from ._task_args import check_executor_args, executor
 
+    analyses = [a.strip() for a in args.analyses.split(",") if a.strip()]
+    check_executor_args(args)
+    if args.executor == "ray":
+        from ..dataset_stats import mergeable
+        from ..errors import UserError
+
+        if args.audio or not mergeable(analyses):
+            raise UserError("--executor ray runs the dataset statistics of text prompts (--analyses from entropy, "
+                            f"sinks), not --analyses {args.analyses}{' on --audio' if args.audio else ''}; "
+                            "run those without --executor ray")
     cfg = JobConfig(
         model=args.model, out=args.out, prompts=args.prompts, audio=args.audio,
-        analyses=[a.strip() for a in args.analyses.split(",") if a.strip()], max_prompts=args.max_prompts,
+        analyses=analyses, max_prompts=args.max_prompts,
         max_tokens=args.max_tokens, save_patterns=args.save_patterns, batch_size=args.batch_size, seed=args.seed,
         params=parse_params(args.param), params_from_text=True, force=args.force, quiet=args.quiet,
         command=shlex.join(["workbench", *sys.argv[1:]]), truncate=args.truncate, max_save_gib=args.max_save_gib,
         device=args.device, dtype=args.dtype, chunk_size=args.chunk_size, units=args.units,
+        executor=executor(args.quiet, args) if args.executor == "ray" else None,
     )
     out, meta = trace_job(cfg)
     print(format_summary(meta, out))
