@@ -32,10 +32,10 @@ def _outputs(spec: str) -> list[dict]:
     return out
 
 
-def callback(client, first_output: str, inputs: list, state: list = (), changed: int = 0):
-    """Call the callback whose first output is ``first_output`` ("grid-heatmap.figure") with
-    input and state values in declaration order. Returns (status, {output: value})."""
-    deps = client.get("/_dash-dependencies").get_json()
+def callback_body(deps: list, first_output: str, inputs: list, state: list = (), changed: int = 0) -> dict:
+    """The body the browser posts to run the callback whose first output is ``first_output``
+    ("grid-heatmap.figure"), given the app's ``/_dash-dependencies`` and input and state values
+    in declaration order (``changed``: index of the input that fired). Raises KeyError."""
     for dep in deps:
         outs = _outputs(dep["output"])
         if f"{outs[0]['id']}.{outs[0]['property']}" == first_output:
@@ -44,9 +44,15 @@ def callback(client, first_output: str, inputs: list, state: list = (), changed:
         raise KeyError(f"no callback with first output {first_output}")
     ins = [{**i, "value": v} for i, v in zip(dep["inputs"], inputs)]
     sts = [{**s, "value": v} for s, v in zip(dep["state"], state)]
-    body = {"output": dep["output"], "outputs": outs if dep["output"].startswith("..")
+    return {"output": dep["output"], "outputs": outs if dep["output"].startswith("..")
             else outs[0], "inputs": ins, "state": sts,
             "changedPropIds": [f"{ins[changed]['id']}.{ins[changed]['property']}"]}
+
+
+def callback(client, first_output: str, inputs: list, state: list = (), changed: int = 0):
+    """Call the callback whose first output is ``first_output`` ("grid-heatmap.figure") with
+    input and state values in declaration order. Returns (status, {output: value})."""
+    body = callback_body(client.get("/_dash-dependencies").get_json(), first_output, inputs, state, changed)
     r = client.post("/_dash-update-component", json=body)
     if r.status_code != 200:
         return r.status_code, None
