@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from .._attention import attention_probs, repeat_kv
+from .._attention import attention_probs
 from ..errors import UserError
 from ..patching import metrics as M
 from ._capture import NormLin, record
@@ -179,17 +179,24 @@ def dla(model, batch, metric, *, per_position: bool = True) -> DLAResult:
 
 
 def _per_position(model, clean, ro: Readout, g: torch.Tensor) -> dict:
-    """{site key: [head, n, key_pos]}: A[p, j] (v_j W_O[h]) . g, weighted over the readout's k."""
+    """{site key: [head, n, key_pos]}: A[p, j] (v_j W_O[h]) . g, weighted over the readout's k.
+
+    Cost per site: the eager probabilities of the query rows the readout reads, and two small
+    matmuls (g through W_O, then against the values, per KV head: no repeated keys/values)."""
     out = {}
+    n, kk, d = g.shape
+    lo, hi = int(ro.pos.min()), int(ro.pos.max()) + 1                   # only the query rows read
+    rel = (ro.pos - lo)
+    weight = ro.weight
     for site in clean.sites:
         q, k, v, mask, call, _ = clean.qkv[site.key]
-        lo, hi = int(ro.pos.min()), int(ro.pos.max()) + 1                # only the query rows read
         pattern, _ = attention_probs(model.attention_module(*site.key), q, k, mask, *call, rows=slice(lo, hi))
-        n, h, _, s = pattern.shape                                                    # [n, H, hi - lo, S]
-        rel = (ro.pos - lo).to(pattern.device)
-        rows = torch.take_along_dim(pattern.double(), rel[:, None, :, None].expand(n, h, -1, s), dim=2)
-        w_o = model.W_O(site.stream, site.layer).detach().double()
-        og = torch.einsum("hdm,nkm->hnkd", w_o, g)                                   # [H, n, k, d_head]
-        vr = repeat_kv(v, h).double()                                                # [n, H, S, d_head]
-        out[site.key] = torch.einsum("nhks,nhsd,hnkd,nk->hns", rows, vr, og, ro.weight)
+        h, s, kvh, dh = pattern.shape[1], pattern.shape[3], v.shape[1], v.shape[3]
+        rows = torch.take_along_dim(pattern, rel.to(pattern.device)[:, None, :, None].expand(n, h, -1, s), dim=2)
+        w_o = model.W_O(site.stream, site.layer).detach()                            # [H, dh, d]
+        og = g.to(w_o.device) @ w_o.double().reshape(h * dh, d).T                  # [n, k, H * dh]
+        og = og.view(n, kk, kvh, h // kvh, dh).permute(0, 2, 3, 1, 4).reshape(n, kvh, h // kvh * kk, dh)
+        vog = (og @ v.double().transpose(2, 3)).view(n, h, kk, s)                    # (v_j W_O[h]) . g_k
+        w = weight.to(vog.device)[:, None, :, None]
+        out[site.key] = (rows.double() * vog * w).sum(2).transpose(0, 1).cpu()      # [H, n, S]
     return out
