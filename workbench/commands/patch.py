@@ -6,6 +6,9 @@ metric units), ``patch.effect_norm`` (resample: divided by the clean-vs-corrupt 
 ``patch.direction``; further methods given with ``--method a,b`` add
 ``patch.effect_<method>`` columns. ``patch.safetensors`` holds the [stream, layer, head]
 effect tensor, per-pair effects and, with ``--per-position``, effects per position.
+``--node q|k|v`` patches a head's query, key or value input instead of its output z
+(``workbench.patching.nodes``; k and v per key/value head: one row per KV head, and
+``patch.node`` says which node).
 """
 from __future__ import annotations
 
@@ -33,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--direction", default="noising", choices=("noising", "denoising"),
                    help="noising: patch into the clean run; denoising: restore clean activations (default noising)")
     p.add_argument("--per-position", action="store_true", help="also patch each (head, query position)")
+    p.add_argument("--node", default="z", choices=("z", "q", "k", "v"),
+                   help="what is patched: z (head output, default), or the head's query, key or value input "
+                        "(k, v: per key/value head under GQA)")
     p.add_argument("--update", default="z", choices=("z", "rank"), help="how the fast path applies a patch")
     p.add_argument("--shard-size", type=int, default=None, help="pairs per work unit (default: all)")
     p.add_argument("--units", default=None, help="folder recording finished work units, so an interrupted "
@@ -56,6 +62,12 @@ def run(args) -> int:
     if VERIFIED in methods and (args.verify_k < 1 or args.verify_sample < 0 or args.per_position):
         raise UserError(f"atp-star-verified needs --verify-k >= 1 and --verify-sample >= 0 (got {args.verify_k}, "
                         f"{args.verify_sample}) and patches whole heads (no --per-position)")
+    if args.node != "z" and "dla" in methods:
+        raise UserError("--method dla reads head outputs; use --node z with it")
+    if args.node != "z":
+        from ..patching.nodes import check_node
+
+        check_node(args.node, args.ablation, args.direction, args.per_position, cli=True)
     at_least(args.shard_size, "--shard-size", 1)
     if args.units and Path(args.units).exists() and not Path(args.units).is_dir():
         raise UserError(f"--units {args.units} is a file; give a folder for the finished work units")
@@ -77,9 +89,10 @@ def run(args) -> int:
             if m == VERIFIED:
                 run_one = partial(verified_patch, k=args.verify_k, sample=args.verify_sample,
                                   top=min(20, args.verify_k))
+            node = {} if m == "dla" else {"node": args.node}
             res = run_one(model, task.clean, task.metric, corrupt=task.corrupt, method=m, ablation=args.ablation,
                         direction=args.direction, per_position=args.per_position, shard_size=args.shard_size,
-                        update=args.update, executor=ex, store=str(units))
+                        update=args.update, executor=ex, store=str(units), **node)
             res.seconds += ex.reused_seconds        # the time of every unit, also those of an earlier run
             results.append((res, ex.reused))
     except KeyboardInterrupt as exc:
@@ -116,7 +129,8 @@ def summary(res, task, out) -> str:
     clean = float(res.clean_metric.mean())
     corrupt = "" if res.corrupt_metric is None else f", corrupt {float(res.corrupt_metric.mean()):.3f}"
     lines = [f"{task.name}: {res.metric['name']} clean {clean:.3f}{corrupt}; {res.method}, {res.ablation}, "
-             f"{res.direction}, {len(res.heads)} heads in {res.seconds:.1f} s -> {out}",
+             f"{res.direction}, node {res.node}, {len(res.heads)} {'KV heads' if res.node in ('k', 'v') else 'heads'} "
+             f"in {res.seconds:.1f} s -> {out}",
              "  top heads by |effect|: " + ", ".join(
                  f"{s}/{l}/{h} ({e:+.3f})"
                  for s, l, h, e in zip(t["stream"], t["layer"], t["head"], t["patch.effect"]))]

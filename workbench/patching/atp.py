@@ -26,12 +26,24 @@ behaviour to components") fixes two failure modes of AtP:
     c_hat*(h) = E_inputs[ 1/(L-1) * sum_l |c_hat_l(h)| ]      (their eq. 11)
 
   a magnitude (no sign), as in the paper. One forward and L backward passes.
+
+q, k, v nodes (``nodes.py``; a KV head's k or v for k/v). ``atp`` is the plain linear
+estimate in the node, c_hat(u) = sum_pos (x'_u - x_u) . dM/dx_u with x the node as the
+attention function receives it (post-rotary q, k). ``atp*`` applies the QK fix: the head's
+attention is recomputed exactly with the patched node (the model's attention function on
+q', k, v or q, k', v, every unit at once, ``nodes.patched_z``) and only the step from z on is
+linearised, c_hat_QK(u) = sum_{h reads u} sum_pos (z'_h - z_h) . dM/dz_h; since z = A V is
+linear in the pattern A this is Kramar et al.'s sum_{q,k} (A' - A) dM/dA. GradDrop is then
+applied to it as for z (the absolute value of each unit's sum over its heads). For v the
+QK fix changes nothing (z is linear in v: c_hat_QK = c_hat up to round-off). ``atp*`` also
+returns ``atp_qk`` (QK fix without GradDrop, signed) for q/k/v nodes.
 """
 from __future__ import annotations
 
 import torch
 
 from ..capture import Z
+from . import nodes
 
 
 class _GradDrop(torch.autograd.Function):
@@ -50,17 +62,19 @@ class _GradDrop(torch.autograd.Function):
 
 
 def atp_effects(model, batch, edits, z_src, metric, index: torch.Tensor, keys: list, *,
-                per_position: bool = False, graddrop: bool = False) -> dict:
-    """AtP (and, with ``graddrop``, AtP*) estimates for every head of the sites ``keys``.
+                per_position: bool = False, graddrop: bool = False, node: str = "z") -> dict:
+    """AtP (and, with ``graddrop``, AtP*) estimates for every head (unit) of the sites ``keys``.
 
     Args:
         batch: base inputs (n inputs); edits: edits of the base run.
-        z_src: (site key, base z [n, pos, head, d_head]) -> values patched in, same shape.
+        z_src: (site key, base z [n, pos, head, d_head]) -> values patched in, same shape;
+            for node q/k/v: (site key, base node [n, unit, pos, d_head]) -> the node patched in.
         metric, index: the metric and each local input's index in it.
+        node: ``z`` | ``q`` | ``k`` | ``v`` (module docstring).
 
     Returns:
-        {"atp": {key: [n, head] or [n, head, pos]}, "atp*": {...} when ``graddrop``,
-        "base_metric": [n]}.
+        {"atp": {key: [n, unit] or [n, unit, pos]}, "atp*": {...} when ``graddrop``,
+        "atp_qk": {...} when ``graddrop`` and node != z, "base_metric": [n]}.
     """
     hooks = []
     flags: list[dict] = []
@@ -72,7 +86,10 @@ def atp_effects(model, batch, edits, z_src, metric, index: torch.Tensor, keys: l
                     flag = {"drop": False}
                     flags.append(flag)
                     hooks.append(layer.register_forward_hook(_wrap(flag), with_kwargs=True))
-        trace = model.run(batch, capture=[Z(order, grad=True)], edits=edits, grad=True)
+        if node == "z":
+            trace, calls = model.run(batch, capture=[Z(order, grad=True)], edits=edits, grad=True), {}
+        else:
+            trace, calls = nodes.capture(model, batch, order, edits, grad=True, capture_z=True)
     finally:
         for h in hooks:
             h.remove()
@@ -80,19 +97,46 @@ def atp_effects(model, batch, edits, z_src, metric, index: torch.Tensor, keys: l
     total = m.sum()
     inputs = [trace.z[k] for k in order]                          # z as the output projections read it
     deltas = []                                                    # z'_h - z_h, [n, pos, head, d_head]
+    member = {}                                                    # node q/k/v: bool [unit, head] per site
     for k, z in zip(order, inputs):
         zb = z.detach()
-        deltas.append(z_src(k, zb).to(zb.dtype) - zb)
+        if node == "z":
+            deltas.append(z_src(k, zb).to(zb.dtype) - zb)
+            continue
+        site = model.site(*k)
+        u = list(range(nodes.n_units(site, node)))
+        member[k] = torch.zeros(len(u), site.n_heads, dtype=zb.dtype, device=zb.device)
+        for j, g in enumerate(nodes.groups(site, node, u)):
+            member[k][j, g] = 1
+        if graddrop:                                               # the QK fix: z' from the exact attention
+            nb = calls[k].node(node).detach()
+            deltas.append(nodes.patched_z(calls[k], node, z_src(k, nb)).to(zb.dtype) - zb)
 
     def estimate(grads) -> dict:
         out = {}
         for k, d, g in zip(order, deltas, grads):
             e = (d * (torch.zeros_like(d) if g is None else g.reshape(d.shape))).sum(-1)   # [n, pos, head]
+            if node != "z":
+                e = torch.einsum("nph,uh->nup", e, member[k])                          # [n, unit, pos]
+                out[k] = e.float() if per_position else e.sum(2).float()
+                continue
             out[k] = e.permute(0, 2, 1).float() if per_position else e.sum(1).float()
         return out
 
-    res = {"atp": estimate(torch.autograd.grad(total, inputs, retain_graph=graddrop, allow_unused=True)),
-           "base_metric": m.detach()}
+    if node == "z":
+        res = {"atp": estimate(torch.autograd.grad(total, inputs, retain_graph=graddrop, allow_unused=True))}
+    else:                                                          # linear in the node itself
+        xs = [calls[k].node(node) for k in order]
+        gx = torch.autograd.grad(total, xs, retain_graph=True, allow_unused=True)
+        lin = {}
+        for k, x, g in zip(order, xs, gx):
+            xb = x.detach()
+            e = ((z_src(k, xb).to(xb.dtype) - xb) * (torch.zeros_like(xb) if g is None else g)).sum(-1)   # [n, U, T]
+            lin[k] = e.float() if per_position else e.sum(2).float()
+        res = {"atp": lin}
+        if graddrop:
+            res["atp_qk"] = estimate(torch.autograd.grad(total, inputs, retain_graph=True, allow_unused=True))
+    res["base_metric"] = m.detach()
     if graddrop:
         acc = None
         for flag in flags:

@@ -21,7 +21,9 @@ denoising  zero/mean  clean input with every head of the   z_h of the clean run 
 =========  =========  ===================================  ================================
 
 Patching is per head over all positions, or per (head, query position) with
-``per_position=True``. Methods: ``exact`` (fast path, ``fast.py``), ``naive`` (one forward
+``per_position=True``. ``node`` chooses what is patched: ``z`` (the head's output, the
+table above) or the head's query, key or value input (``q``, ``k``, ``v``; ``nodes.py``:
+units, GQA, which ablations apply); for q/k/v, "z_h" above reads "the node". Methods: ``exact`` (fast path, ``fast.py``), ``naive`` (one forward
 per head, ``naive.py``), ``atp`` and ``atp*`` (``atp.py``, approximations).
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -38,6 +41,7 @@ from ..batch import Batch
 from ..capture import Ablate, Z
 from .atp import atp_effects
 from .fast import UPDATES, fast_effects
+from . import nodes
 from .naive import naive_effects
 from .result import PatchResult
 from .units import Unit, UnitStore, run_units
@@ -65,6 +69,7 @@ class PatchConfig:
             pays where large batches are efficient; on 2 CPU cores ~1000-token batches are
             fastest).
         max_tokens: patched variants x replayed positions per batch in the fast path.
+        node: ``z`` | ``q`` | ``k`` | ``v`` (``nodes``): what is patched; k/v units are KV heads.
     """
 
     method: str = "exact"
@@ -76,6 +81,7 @@ class PatchConfig:
     update: str = "z"
     sites_per_unit: int | None = 1
     max_tokens: int = 1024
+    node: str = "z"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", _ALIASES.get(self.method, self.method))
@@ -91,6 +97,7 @@ class PatchConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
+        nodes.check_node(self.node, self.ablation, self.direction, self.per_position)
 
 
 def _check_pair(clean: Batch, corrupt: Batch) -> None:
@@ -130,11 +137,14 @@ class Sweep:
             _check_pair(clean, corrupt)
         if len(metric.positions()) != len(clean):
             raise ValueError(f"the metric covers {len(metric.positions())} inputs but there are {len(clean)}")
-        heads = model.heads() if heads is None else sorted(set(heads))
+        node = config.node
+        heads = nodes.units(model, node) if heads is None else sorted(set(heads))
         for h in heads:
             site = model.site(h.stream, h.layer)
-            if not 0 <= h.head < site.n_heads:
-                raise ValueError(f"{h.name}: site {site.name} has heads 0..{site.n_heads - 1}")
+            if not 0 <= h.head < nodes.n_units(site, node):
+                what = "key/value heads" if node in ("k", "v") else "heads"
+                raise ValueError(f"{h.name}: site {site.name} has {what} 0..{nodes.n_units(site, node) - 1} "
+                                 f"(node {node!r})")
         if not heads:
             raise ValueError("no heads to patch")
         self.heads: list[Head] = heads
@@ -151,7 +161,9 @@ class Sweep:
             self.clean_metric = metric.evaluate(out).float().cpu()
             self.corrupt_metric = None if corrupt is None else metric.evaluate(model.run(corrupt).output).float().cpu()
         self.means = None
-        if config.ablation == "mean":
+        if config.ablation == "mean" and node != "z":
+            self.means = nodes.means(model, reference if reference is not None else clean, self.keys, node)
+        elif config.ablation == "mean":
             self.means = model.mean_z(reference if reference is not None else clean, heads)
         self.edits = []
         if config.direction == "denoising" and config.ablation != "resample":
@@ -181,8 +193,9 @@ class Sweep:
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
+        skip = ("max_rows", "update", "max_tokens") + (("node",) if self.cfg.node == "z" else ())
         h.update(json.dumps({"model": self.model.name, "weights": self.model.meta.get("weights_sha256"),
-                             "config": {k: v for k, v in asdict(self.cfg).items() if k not in ("max_rows", "update", "max_tokens")},
+                             "config": {k: v for k, v in asdict(self.cfg).items() if k not in skip},
                              "metric": self.metric.describe(), "heads": [x.name for x in self.heads]},
                             sort_keys=True, default=str).encode())
         for b in (self.clean, self.corrupt):
@@ -202,11 +215,20 @@ class Sweep:
             return self.corrupt
         return self.clean
 
+    def _src_batch(self) -> Batch:
+        cfg = self.cfg
+        return self.corrupt if (cfg.ablation == "resample" and cfg.direction == "noising") else self.clean
+
+    def _node_source(self, idx: list[int]):
+        """q/k/v patched in, as a function (site key, base node [n, U, T, d]) -> same shape."""
+        return nodes.source_fn(self.model, self.cfg.ablation, self.cfg.node, self.keys,
+                               self._src_batch().select(idx), self.means)
+
     def _source(self, idx: list[int]):
         """z patched in, as a function (site key, base z) -> [n, pos, head, d_head]."""
         cfg = self.cfg
         if cfg.ablation == "resample" or cfg.direction == "denoising":
-            src_batch = self.corrupt if (cfg.ablation == "resample" and cfg.direction == "noising") else self.clean
+            src_batch = self._src_batch()
             with torch.no_grad():
                 z = self.model.run(src_batch.select(idx), capture=[Z(self.keys)]).z
             return lambda key, zb: z[key]
@@ -226,13 +248,26 @@ class Sweep:
             return self._setup_cache[1]
         idx = self.shards[shard]
         base = self._base_batch().select(idx)
-        st = {"idx": torch.tensor(idx), "base": base, "source": self._source(idx)}
+        node = self.cfg.node
+        st = {"idx": torch.tensor(idx), "base": base}
+        st["source"] = self._source(idx) if node == "z" else self._node_source(idx)
         method = self.cfg.method
         if method == "exact":
             from ._resume import Resumable
 
-            res = Resumable(self.model, base, self.edits, self.metric.positions()[st["idx"]], self.metric.output)
+            with nodes.hooked(self.model, self.keys, capture=True) if node != "z" else nullcontext() as hook:
+                res = Resumable(self.model, base, self.edits, self.metric.positions()[st["idx"]], self.metric.output)
             st.update(res=res, z_base=res.z, base_metric=self.metric.evaluate(res.output, st["idx"]).cpu())
+            if node != "z":                 # z of every head with its unit's node patched
+                src, calls = st["source"], hook.calls
+                z_src = {k: nodes.patched_z(calls[k], node, src(k, calls[k].node(node).detach())) for k in self.keys}
+                st["source"] = lambda key, zb: z_src[key]
+        elif method == "naive" and node != "z":
+            with torch.no_grad():
+                tr, calls = nodes.capture(self.model, base, self.keys, self.edits)
+            base_node = {k: calls[k].node(node).detach() for k in self.keys}
+            st.update(base_node=base_node, node_src={k: st["source"](k, b) for k, b in base_node.items()},
+                      base_metric=self.metric.evaluate(tr.output, st["idx"]).cpu())
         elif method == "naive":
             with torch.no_grad():
                 tr = self.model.run(base, capture=[Z(self.keys)], edits=self.edits)
@@ -246,9 +281,9 @@ class Sweep:
         if cfg.method in ("atp", "atp*"):
             src = st["source"]
             res = atp_effects(self.model, st["base"], self.edits, src, self.metric, st["idx"], self.keys,
-                              per_position=cfg.per_position, graddrop=cfg.method == "atp*")
+                              per_position=cfg.per_position, graddrop=cfg.method == "atp*", node=cfg.node)
             out = {"base_metric": res["base_metric"].float().cpu()}
-            for name in ("atp", "atp*"):
+            for name in ("atp", "atp*", "atp_qk"):
                 for key, v in res.get(name, {}).items():
                     sel = v[:, self.by_key[key]]                           # [n, heads(, pos)]
                     out[f"{name}:{key[0]}/{key[1]}"] = sel.transpose(0, 1).float().cpu().contiguous()
@@ -257,13 +292,20 @@ class Sweep:
         if cfg.method == "exact":
             sites = [((s, l), list(h)) for s, l, h in unit.sites]
             src = {k: st["source"](k, st["z_base"][k]) for k, _ in sites}
+            grp = {k: nodes.groups(self.model.site(*k), cfg.node, h) for k, h in sites} if cfg.node != "z" else None
             eff = fast_effects(st["res"], sites, src, self.metric, st["idx"], st["base_metric"],
                                per_position=cfg.per_position, query_mask=st["base"].query_mask,
-                               max_tokens=cfg.max_tokens, max_rows=cfg.max_rows, update=cfg.update)
+                               max_tokens=cfg.max_tokens, max_rows=cfg.max_rows, update=cfg.update, groups=grp)
             out.update({f"exact:{k[0]}/{k[1]}": v for k, v in eff.items()})
             return out
         for s, l, heads in unit.sites:
             key = (s, l)
+            if cfg.node != "z":
+                out[f"naive:{s}/{l}"] = nodes.naive_effects(
+                    self.model, st["base"], self.edits, key, list(heads), cfg.node, st["node_src"][key],
+                    st["base_node"][key], self.metric, st["idx"], st["base_metric"], per_position=cfg.per_position,
+                    query_mask=st["base"].query_mask.get(s))
+                continue
             zb = st["z_base"][key]
             out[f"naive:{s}/{l}"] = naive_effects(
                 self.model, st["base"], self.edits, key, list(heads), st["source"](key, zb), zb, self.metric,
@@ -274,7 +316,8 @@ class Sweep:
     def assemble(self, results: dict, seconds: float = 0.0) -> PatchResult:
         method = self.cfg.method
         n = len(self.clean)
-        names = [method] + (["atp"] if method == "atp*" else [])
+        names = [method] + (["atp"] if method == "atp*" else []) + \
+            (["atp_qk"] if method == "atp*" and self.cfg.node != "z" else [])
         per: dict[str, torch.Tensor] = {nm: torch.full((len(self.heads), n), float("nan")) for nm in names}
         pos: dict = {}
         base_metric = torch.full((n,), float("nan"))
@@ -299,14 +342,14 @@ class Sweep:
             direction=self.cfg.direction, metric=self.metric.describe(), clean_metric=self.clean_metric,
             base_metric=base_metric, corrupt_metric=self.corrupt_metric,
             per_position={k: v for (nm, k), v in pos.items() if nm == method} if self.cfg.per_position else None,
-            extra={nm: per[nm] for nm in names[1:]}, seconds=seconds)
+            extra={nm: per[nm] for nm in names[1:]}, seconds=seconds, node=self.cfg.node)
 
 
 def patch(model, clean: Batch, metric, *, corrupt: Batch | None = None, heads=None, method: str = "exact",
           ablation: str = "resample", direction: str = "noising", per_position: bool = False,
           reference: Batch | None = None, shard_size: int | None = None, max_rows: int | None = None,
           update: str = "z", sites_per_unit: int | None = 1, max_tokens: int = 1024, executor=None,
-          store: str | None = None) -> PatchResult:
+          store: str | None = None, node: str = "z") -> PatchResult:
     """Patch every head (or ``heads``) and return per-head effects; see the module docstring.
 
     Args:
@@ -321,17 +364,21 @@ def patch(model, clean: Batch, metric, *, corrupt: Batch | None = None, heads=No
         update: ``z`` | ``rank``, how the fast path applies a patch (see ``fast``);
         executor: runs the units (default in-process);
         store: folder recording finished units, so a rerun skips them.
+        node: ``z`` (head output) | ``q`` | ``k`` | ``v`` (the head's query / key / value input,
+            post-rotary; k and v per KV head: ``nodes``); ``heads`` then lists units of that node.
 
     Returns:
-        ``PatchResult`` (``.table()`` per-head DataFrame, ``.tensor()`` [stream, layer, head]).
+        ``PatchResult`` (``.table()`` per-unit DataFrame, ``.tensor()`` [stream, layer, head or
+        kv_head]).
 
     Raises:
         ValueError: unknown method/ablation/direction, resample without corrupt inputs,
-            clean/corrupt pairs of different lengths, unknown heads.
+            clean/corrupt pairs of different lengths, unknown heads; UserError: a node with an
+            ablation/direction/per_position it does not support (``nodes.check_node``).
     """
     t0 = time.perf_counter()
     cfg = PatchConfig(method, ablation, direction, per_position, shard_size, max_rows, update, sites_per_unit,
-                      max_tokens)
+                      max_tokens, node)
     sweep = Sweep(model, clean, metric, corrupt=corrupt, heads=heads, config=cfg, reference=reference)
     unit_store = UnitStore(store, sweep.fingerprint()) if store is not None else None
     results = run_units(sweep.run_unit, sweep.units(), executor, unit_store)

@@ -49,12 +49,12 @@ def _first_change(changed: torch.Tensor) -> int:
 
 def fast_effects(res: Resumable, sites: list, z_src: dict, metric, index: torch.Tensor, base_metric: torch.Tensor, *,
                  per_position: bool = False, query_mask: dict | None = None, max_tokens: int = 1024,
-                 max_rows: int | None = None, update: str = "z") -> dict:
+                 max_rows: int | None = None, update: str = "z", groups: dict | None = None) -> dict:
     """Exact effects of patching the heads of several sites.
 
     Args:
         res: the base run (``Resumable``) of n inputs.
-        sites: ``[(site key, [head, ...]), ...]``.
+        sites: ``[(site key, [head, ...]), ...]`` (units: see ``groups``).
         z_src: {site key: values patched in, [n, pos, head, d_head]}.
         metric: a ``Metric``; ``index`` long [n] gives each local input's index in the metric.
         base_metric: metric of the unpatched base run, [n].
@@ -63,6 +63,8 @@ def fast_effects(res: Resumable, sites: list, z_src: dict, metric, index: torch.
         max_tokens: variants x replayed positions per batch (sets the batch size unless
             ``max_rows`` is given).
         update: ``"z"`` or ``"rank"`` (module docstring).
+        groups: {site key: [[head, ...] per unit of ``sites``]}: a unit patches z of several
+            heads at once (a key/value node under GQA, ``nodes``); default: unit = head.
 
     Returns:
         {site key: [heads, n] or, per position, [heads, n, pos]}: metric(patched) - metric(base).
@@ -72,16 +74,18 @@ def fast_effects(res: Resumable, sites: list, z_src: dict, metric, index: torch.
         raise ValueError(f"unknown update {update!r}; use one of {UPDATES}")
     query_mask = query_mask or {}
     out, cand = {}, []                                                # cand: per site, rows (site, head#, i, q)
+    member = {}                                                       # per site: bool [unit, head]
     for s, (key, heads) in enumerate(sites):
         zb = res.z[key]
         n, t = zb.shape[:2]
+        member[s] = _members(zb.shape[2], heads, (groups or {}).get(key))
         changed = (z_src[key].to(zb.device, zb.dtype) != zb).any(-1).cpu()   # [n, pos, head]
         out[key] = torch.zeros(len(heads), n, t) if per_position else torch.zeros(len(heads), n)
-        hs = torch.tensor(heads)
         if per_position:
             qm = query_mask.get(key[0])
             qm = torch.ones(n, t, dtype=torch.bool) if qm is None else qm[:, -t:].bool().cpu()
-            q, hi, i = torch.nonzero((changed[:, :, hs] & qm[:, :, None]).permute(1, 2, 0), as_tuple=True)
+            ch = (changed[:, :, None, :] & member[s][None, None]).any(-1)    # [n, pos, unit]
+            q, hi, i = torch.nonzero((ch & qm[:, :, None]).permute(1, 2, 0), as_tuple=True)
         else:
             hi = torch.arange(len(heads)).repeat_interleave(n)
             i = torch.arange(n).repeat(len(heads))
@@ -101,8 +105,16 @@ def fast_effects(res: Resumable, sites: list, z_src: dict, metric, index: torch.
         step = max_rows or max(1, max_tokens // t)
         for c in range(0, len(mine), step):
             _chunk(res, sname, sites, mine[c:c + step], layer[c:c + step], z_src, metric, index, base_metric,
-                   per_position, update, out)
+                   per_position, update, out, member)
     return out
+
+
+def _members(n_heads: int, heads: list, groups: list | None) -> torch.Tensor:
+    """bool [unit, head]: the heads whose z each unit patches (one head per unit by default)."""
+    m = torch.zeros(len(heads), n_heads, dtype=torch.bool)
+    for j, h in enumerate(heads):
+        m[j, groups[j] if groups is not None else [h]] = True
+    return m
 
 
 def _fused(res, key, zb: torch.Tensor) -> bool:
@@ -118,7 +130,8 @@ def _lexsort(*keys) -> np.ndarray:
     return np.lexsort([k.numpy() for k in reversed(keys)], axis=0)
 
 
-def _chunk(res, sname, sites, rows, layer, z_src, metric, index, base_metric, per_position, update, out) -> None:
+def _chunk(res, sname, sites, rows, layer, z_src, metric, index, base_metric, per_position, update, out,
+           member) -> None:
     order = torch.from_numpy(_lexsort(layer, rows[:, 0]))            # pipeline order: by joining layer, site
     rows, layer = rows[order], layer[order]
     site, hi, i, q = rows.unbind(1)
@@ -134,14 +147,16 @@ def _chunk(res, sname, sites, rows, layer, z_src, metric, index, base_metric, pe
         dev = zb.device
         zs = z_src[key].to(dev, zb.dtype)
         h = torch.tensor(heads)[hi[lo:hi_]].to(dev)
+        mem = member[s][hi[lo:hi_]].to(dev)                                  # [rows, head]
+        single = bool((member[s].sum(1) == 1).all()) and torch.equal(member[s].nonzero()[:, 1], torch.tensor(heads))
         ii = i[lo:hi_].to(dev)
         mask = torch.ones(hi_ - lo, t, dtype=torch.bool)
         if per_position:
             mask = torch.arange(t)[None, :] == q[lo:hi_, None]
         mask = mask.to(dev)
-        changed[lo:hi_] = (mask & (zs[ii, :, h] != zb[ii, :, h]).any(-1)).cpu()
+        changed[lo:hi_] = (mask & ((zs[ii] != zb[ii]).any(-1) & mem[:, None, :]).any(-1)).cpu()
         n_heads, d_head = zb.shape[2:]
-        if update == "z" and _fused(res, key, zb):          # Triton: never builds the spliced input
+        if update == "z" and single and _fused(res, key, zb):   # Triton: never builds the spliced input
             from ..cuda import head_patch
 
             b_o = res.model.b_O(*key)
@@ -149,7 +164,7 @@ def _chunk(res, sname, sites, rows, layer, z_src, metric, index, base_metric, pe
                            None if b_o is None else b_o.detach().to(dev), mask=mask)
             patches.append((key, lo, hi_, "out", y))
         elif update == "z":
-            sel_h = mask[:, :, None] & (torch.arange(n_heads, device=dev)[None, None, :] == h[:, None, None])
+            sel_h = mask[:, :, None] & mem[:, None, :]
             x_new = torch.where(sel_h[..., None], zs[ii], zb[ii]).reshape(hi_ - lo, t, n_heads * d_head)
             patches.append((key, lo, hi_, "z", x_new))
         else:
@@ -160,8 +175,8 @@ def _chunk(res, sname, sites, rows, layer, z_src, metric, index, base_metric, pe
                 raise UserError(f"update='rank' reads W_O of site {key[0]}/{key[1]}, which is offloaded "
                                 "(device_map); use update='z'")
             w_o = w_o.to(dev).double()
-            dz = (zs[ii, :, h] - zb[ii, :, h]).double() * mask[..., None]
-            patches.append((key, lo, hi_, "rank", torch.einsum("rtd,rdm->rtm", dz, w_o[h])))
+            dz = (zs[ii] - zb[ii]).double() * (mask[:, :, None] & mem[:, None, :])[..., None]
+            patches.append((key, lo, hi_, "rank", torch.einsum("rthd,hdm->rtm", dz, w_o)))
     start = _first_change(changed) if res.can_skip_prefix(keys[0]) else 0
     if start >= t:
         return                                                        # nothing changes: effects exactly 0

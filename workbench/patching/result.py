@@ -25,8 +25,11 @@ class PatchResult:
         clean_metric, corrupt_metric, base_metric: float32 [input] (corrupt: None without a
             corrupt input).
         extra: {name: float32 [head, input]} other estimates computed on the way (``atp*``
-            also gives the plain signed ``atp``).
+            also gives the plain signed ``atp``; for q/k nodes also ``atp_qk``, AtP with the QK
+            fix and no GradDrop, signed).
         seconds: wall-clock time of the sweep.
+        node: what was patched, ``z`` | ``q`` | ``k`` | ``v`` (``nodes``); for ``k`` / ``v`` the
+            "heads" are key/value heads (``Head.head`` < n_kv_heads).
     """
 
     heads: list[Head]
@@ -41,6 +44,7 @@ class PatchResult:
     per_position: dict | None = None
     extra: dict = field(default_factory=dict)
     seconds: float = 0.0
+    node: str = "z"
 
     @property
     def effect(self) -> torch.Tensor:
@@ -65,8 +69,9 @@ class PatchResult:
         return r
 
     def table(self, prefix: str = "patch") -> pd.DataFrame:
-        """One row per head: ``stream, layer, head`` and ``<prefix>.effect``, ``.effect_norm``,
-        ``.rank``, ``.method``, ``.metric``, ``.ablation``, ``.direction`` (+ extra estimates)."""
+        """One row per head (per KV head for nodes k, v): ``stream, layer, head`` and
+        ``<prefix>.effect``, ``.effect_norm``, ``.rank``, ``.method``, ``.metric``, ``.ablation``,
+        ``.direction``, ``.node`` (+ extra estimates)."""
         eff = self.effect
         norm = self.normaliser()
         df = pd.DataFrame({
@@ -80,6 +85,7 @@ class PatchResult:
             f"{prefix}.metric": self.metric.get("name", ""),
             f"{prefix}.ablation": self.ablation,
             f"{prefix}.direction": self.direction,
+            f"{prefix}.node": self.node,
         })
         for name, v in self.extra.items():
             df[f"{prefix}.effect_{name.replace('*', '_star')}"] = v.mean(1).double().numpy()
@@ -112,7 +118,7 @@ class PatchResult:
 
     def meta(self) -> dict:
         return {
-            "method": self.method, "ablation": self.ablation, "direction": self.direction,
+            "method": self.method, "ablation": self.ablation, "direction": self.direction, "node": self.node,
             "metric": self.metric, "streams": self.streams(), "heads": [h.name for h in self.heads],
             "per_position": self.per_position is not None, "seconds": round(self.seconds, 3),
             "clean_metric_mean": float(self.clean_metric.mean()),

@@ -97,7 +97,7 @@ def hypergeom_ucb(x: int, population: int, m: int, alpha: float) -> int:
 def verified_patch(model, clean, metric, *, corrupt=None, heads=None, k: int = 40, sample: int = 20,
                    top: int = 20, alpha: float = 0.05, seed: int = 0, ablation: str = "resample",
                    direction: str = "noising", per_position: bool = False, method: str = NAME,
-                   **kw) -> VerifiedResult:
+                   node: str = "z", **kw) -> VerifiedResult:
     """Verified AtP* over heads (module docstring; Kramár et al. 2024, Section 3.4).
 
     Args:
@@ -110,6 +110,7 @@ def verified_patch(model, clean, metric, *, corrupt=None, heads=None, k: int = 4
         alpha: one minus the confidence of the false-negative bound (0 < alpha < 1).
         seed: seed of the random sample.
         method: ``"atp*-verified"`` (accepted so callers can pass every method the same way).
+        node: ``z`` | ``q`` | ``k`` | ``v`` as ``patch`` (k, v: the units are KV heads).
         **kw: passed on to ``patch`` (shard_size, max_rows, update, max_tokens, executor); ``store``:
             a folder whose sub-folders ``STORES`` record the two sweeps' finished units.
 
@@ -130,7 +131,7 @@ def verified_patch(model, clean, metric, *, corrupt=None, heads=None, k: int = 4
         raise UserError(f"verified AtP* needs k >= 1, sample >= 0, 1 <= top <= k and 0 < alpha < 1 "
                         f"(got k={k}, sample={sample}, top={top}, alpha={alpha})")
     store = kw.pop("store", None)
-    common = dict(corrupt=corrupt, ablation=ablation, direction=direction, **kw)
+    common = dict(corrupt=corrupt, ablation=ablation, direction=direction, node=node, **kw)
     t0 = time.perf_counter()
     approx = patch(model, clean, metric, heads=heads, method="atp*",
                    store=None if store is None else f"{store}/{STORES[0]}", **common)
@@ -177,7 +178,7 @@ def verified_patch(model, clean, metric, *, corrupt=None, heads=None, k: int = 4
         metric=approx.metric, clean_metric=approx.clean_metric, base_metric=exact.base_metric,
         corrupt_metric=approx.corrupt_metric,
         extra={"atp*": approx.per_input, "atp": approx.extra["atp"]}, seconds=time.perf_counter() - t0,
-        verification=verification, role=role)
+        verification=verification, role=role, node=node)
 
 
 def false_negative_summary(v: dict) -> str:
