@@ -5,7 +5,9 @@ Every supported family calls its attention through
 attention_mask, scaling=..., dropout=..., **kw)``, rotary already applied and KV heads not
 yet repeated. We register ``"workbench"`` there, with transformers' SDPA mask builder as its
 mask function. The output is computed by transformers' own SDPA path, so tracing leaves
-logits bit-for-bit as the SDPA model gives them; where SDPA cannot honour a keyword
+logits bit-for-bit as the SDPA model gives them (except at the sites of a
+``Stats(attn_output="fused")`` trace, whose output comes from the statistics' own score
+blocks, ``Tracer.fuses``); where SDPA cannot honour a keyword
 (``softcap``: Gemma 2; ``s_aux`` sink logits) the output is the family's own HF
 ``eager_attention_forward`` (Gemma 2 ships without SDPA support for this reason). When a
 site is being traced we *additionally* recompute the probabilities as HF's eager path
@@ -151,6 +153,8 @@ def workbench_attention(module, query, key, value, attention_mask, scaling=None,
     trace = ACTIVE.get()
     fp32 = trace.model.family.eager_softmax_fp32 if trace is not None else True
     call = read_call(module, query, scaling, dropout, kwargs, fp32, traced=trace is not None)
+    if trace is not None and trace.fuses(module, query, key):     # Stats(attn_output="fused"): no SDPA
+        return trace.on_attention(module, query, key, value, attention_mask, call, None), None
     passed = {k: v for k, v in kwargs.items() if k != "output_attentions"}
     if any(kwargs.get(k) is not None for k in EAGER_ONLY):
         mask = attention_mask

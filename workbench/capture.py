@@ -78,11 +78,41 @@ class Z:
     grad: bool = False
 
 
+ATTN_OUTPUTS = ("sdpa", "fused")
+
+
 @dataclass(frozen=True)
 class Stats:
-    """Capture per-head statistics without keeping patterns; see ``HeadStats``."""
+    """Capture per-head statistics without keeping patterns; see ``HeadStats``.
+
+    ``attn_output`` says how a statistics-only site computes its attention output (z, what
+    the output projection reads):
+
+    - ``"sdpa"`` (default): transformers' own SDPA (Gemma 2: eager) result, so the model's
+      outputs are bit-identical to the untraced model; the statistics recompute the scores
+      in blocks of query rows, so the scores are computed twice per layer.
+    - ``"fused"``: z is computed from the same score blocks the statistics reduce
+      (P @ V per block, blocks trimmed to the keys their rows may see; SDPA is not called),
+      one pass over the scores: faster on the CPU (``benchmarks/tracing.py``). Outputs then
+      equal SDPA's within float round-off, not bit for bit (tiny float32 models: layer
+      outputs and logits within 1e-5 of the untraced model, tests/test_stats_fused.py), and the
+      statistics equal the ``"sdpa"`` path's within float round-off (argmax keys may differ
+      on exact ties). It applies where the PyTorch path computes the statistics (not the
+      Triton kernel on CUDA, which keeps SDPA) and only at sites with no ``Pattern`` capture
+      and no edit; elsewhere the output is SDPA's.
+
+    Raises:
+        UserError: ``attn_output`` not one of ``"sdpa"``, ``"fused"``.
+    """
 
     sites: Any = None
+    attn_output: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.attn_output not in ATTN_OUTPUTS:
+            from .errors import UserError
+
+            raise UserError(f"Stats attn_output is {self.attn_output!r}; use one of {', '.join(ATTN_OUTPUTS)}")
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class Tracer:
         self.want_z: set = set()
         self.z_grad: set = set()           # Z(grad=True): z kept in the autograd graph
         self.want_stats: set = set()
+        fused, exact = set(), set()        # Stats(attn_output="fused" | "sdpa") sites
         for spec in capture:
             keys = {s.key for s in select_sites(spec.sites, model.sites)}
             if isinstance(spec, Pattern):
@@ -68,6 +69,7 @@ class Tracer:
                     self.z_grad |= keys
             elif isinstance(spec, Stats):
                 self.want_stats |= keys
+                (fused if spec.attn_output == "fused" else exact).update(keys)
             else:
                 raise TypeError(f"unknown capture spec {spec!r}; use Pattern, Z or Stats")
         self.edits: dict[tuple, list] = {}
@@ -85,6 +87,7 @@ class Tracer:
                     self.edits.setdefault(head.site_key, []).append((head.head, edit))
             else:
                 raise TypeError(f"unknown edit {edit!r}; use Ablate, SetZ or EditPattern")
+        self.fused = fused - exact - self.want_pattern - set(self.edits)
         self.query_mask = query_mask
         self.requested = self.want_pattern | self.want_z | self.want_stats | set(self.edits)
         self.fired: set = set()
@@ -97,8 +100,20 @@ class Tracer:
         if not 0 <= head.head < site.n_heads:
             raise ValueError(f"{head.name}: site {site.name} has heads 0..{site.n_heads - 1}")
 
+    def fuses(self, module, query, key) -> bool:
+        """Whether this call's output comes from its statistics blocks (``Stats(attn_output=
+        "fused")`` at a statistics-only site, and the PyTorch path computes them): the
+        attention function then skips SDPA and passes ``out=None`` to ``on_attention``."""
+        site = self.site_of.get(id(module))
+        if site is None or site.key not in self.fused:
+            return False
+        from .cuda.stats import z_available
+
+        return z_available(query, key)
+
     def on_attention(self, module, query, key, value, mask, call, out):
-        """One attention call of a site (``call``: ``_attention.AttnCall``); returns the (edited) z."""
+        """One attention call of a site (``call``: ``_attention.AttnCall``); returns the (edited)
+        z. ``out`` is None where ``fuses`` said so: z then comes from the statistics blocks."""
         site: Site | None = self.site_of.get(id(module))
         if site is None or site.key not in self.requested:
             return out
@@ -109,7 +124,8 @@ class Tracer:
             for _, e in self.edits.get(k, [])
         )
         if need_probs and k not in self.want_pattern and k not in self.edits:
-            self._blocked_stats(site, module, query, key, mask, call)
+            z = self._blocked_stats(site, module, query, key, mask, call, value if out is None else None)
+            out = z if out is None else out
         elif need_probs:
             from ._attention import attention_probs
 
@@ -128,21 +144,23 @@ class Tracer:
             self.z[k] = _append(self.z.get(k), out if k in self.z_grad else out.detach().to(self.home), dim=1)
         return out
 
-    def _blocked_stats(self, site: Site, module, query, key, mask, call) -> None:
+    def _blocked_stats(self, site: Site, module, query, key, mask, call, value=None):
         """Statistics only: ``workbench.cuda.head_stats`` through the backend switch (the
         Triton kernel on CUDA tensors; elsewhere the reference, probabilities and their
         reduction one block of ``_attention.STATS_BLOCK_BYTES`` of query rows at a time),
-        merged as a KV-cached loop's steps are."""
+        merged as a KV-cached loop's steps are. With ``value`` (fused sites) also returns z
+        [batch, query_pos, head, d_head] from the same blocks, else None."""
         from . import _attention
         from .cuda import head_stats
 
         st = head_stats(query, key, mask, scaling=call.scaling, causal=_attention.is_causal(module, call),
                         softcap=call.softcap, sliding_window=call.sliding_window, sinks=call.sinks,
                         softmax_fp32=call.softmax_fp32, query_mask=self.query_mask.get(site.stream),
-                        block_bytes=_attention.STATS_BLOCK_BYTES, lse=False)
+                        block_bytes=_attention.STATS_BLOCK_BYTES, lse=False, values=value)
         part = HeadStats(row_entropy=st.entropy, n_keys=st.n_keys, col_sum=st.col_sum, col_count=st.col_count,
                          row_max_pos=st.max_pos)
         self.stats[site.key] = _merge_stats(self.stats.get(site.key), _stats_to(part, self.home))
+        return st.z
 
     def _edit(self, site: Site, out: torch.Tensor, value, allowed, tq: int, pattern=None, offset: int = 0) -> torch.Tensor:
         out = out.clone()

@@ -7,10 +7,20 @@ import torch
 
 from workbench.errors import UserError
 
-from .._backend import choose
+from .._backend import choose, requested, triton_unavailable
 from ._types import HeadStatsOut
 
-__all__ = ["HeadStatsOut", "head_stats"]
+__all__ = ["HeadStatsOut", "head_stats", "z_available"]
+
+
+def z_available(query: torch.Tensor, key: torch.Tensor, backend: str | None = None) -> bool:
+    """Whether ``head_stats(values=...)`` can return z on these tensors with this backend:
+    only the PyTorch path computes it (``backend`` "torch", or "auto" where it picks the
+    reference: tensors not on CUDA, or Triton unable to run). Records nothing, warns nothing."""
+    name = requested(backend)
+    if name != "auto":
+        return name == "torch"
+    return not any(t.device.type == "cuda" for t in (query, key)) or triton_unavailable(query, key) is not None
 
 
 def head_stats(
@@ -29,6 +39,7 @@ def head_stats(
     backend: str | None = None,
     block_bytes: int = 4 << 20,
     lse: bool = True,
+    values: torch.Tensor | None = None,
 ) -> HeadStatsOut:
     """Per-head statistics of softmax(scaling * q k^T + mask) (``HeadStatsOut``): log-sum-exp,
     entropy (Shannon, nats; by online softmax in the kernel), argmax key and its probability,
@@ -57,10 +68,16 @@ def head_stats(
         block_bytes: the reference's float32 bytes per block of query rows.
         lse: False lets the reference skip the log-sum-exp (``lse`` is then None; the kernel
             computes it anyway, its column pass needs it).
+        values: [batch, kv_head, key_pos, d_v]: also return ``z`` = P @ values per head
+            ([batch, query_pos, head, d_v], the attention output) computed from the same
+            probability blocks, one pass over the scores (``fused.py``: blocks trimmed to
+            the keys their rows may see; statistics equal the reference's to float
+            round-off, not bit for bit). PyTorch path only (see ``z_available``).
 
     Raises:
         UserError: bad shapes, a key position out of range, an unknown backend.
         BackendError: backend "triton" cannot run here.
+        UserError: ``values`` where the Triton kernel would run (it computes no z).
     """
     if query.dim() != 4 or key.dim() != 4 or query.shape[0] != key.shape[0] or query.shape[3] != key.shape[3]:
         raise UserError(f"query {tuple(query.shape)} and key {tuple(key.shape)} must be [batch, head, pos, d_head] "
@@ -71,12 +88,23 @@ def head_stats(
         keys = torch.as_tensor(keys, dtype=torch.long, device=query.device).reshape(-1)
         if keys.numel() and not (0 <= int(keys.min()) and int(keys.max()) < key.shape[2]):
             raise UserError(f"keys must be key positions in 0..{key.shape[2] - 1}, got {keys.tolist()}")
+    if values is not None:
+        if values.dim() != 4 or values.shape[:3] != key.shape[:3]:
+            raise UserError(f"values {tuple(values.shape)} must be [batch, kv_head, key_pos, d_v] like key "
+                            f"{tuple(key.shape)}")
+        if not z_available(query, key, backend):
+            raise UserError("head_stats: values (the attention output z) is computed only by the PyTorch path; "
+                            "use backend 'torch', or leave values None")
     kw = dict(scaling=scaling, causal=causal, softcap=softcap, sliding_window=sliding_window, sinks=sinks,
               softmax_fp32=softmax_fp32, query_mask=query_mask, keys=keys)
     if choose("head_stats", backend, query, key) == "triton":
         from . import triton as kernel
 
         return kernel.head_stats(query, key, attention_mask, **kw)
+    if values is not None:
+        from .fused import head_stats_and_z
+
+        return head_stats_and_z(query, key, values, attention_mask, block_bytes=block_bytes, lse=lse, **kw)
     from . import naive
 
     return naive.head_stats(query, key, attention_mask, block_bytes=block_bytes, lse=lse, **kw)

@@ -23,6 +23,8 @@ class HeadStatsOut:
         n_keys: int64 [batch, query_pos] number of keys each query may see.
         col_sum: [batch, head, key_pos] sum_i w_i A_ik (attention received; w = query mask).
         col_count: [batch, key_pos] sum_i w_i [query i may see key k].
+        z: [batch, query_pos, head, d_v] the attention output P @ V per head, only when
+            asked for (``head_stats(values=...)``), else None.
     """
 
     lse: torch.Tensor | None
@@ -33,6 +35,7 @@ class HeadStatsOut:
     n_keys: torch.Tensor
     col_sum: torch.Tensor
     col_count: torch.Tensor
+    z: torch.Tensor | None = None
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}

@@ -231,3 +231,52 @@ def test_reference_without_lse_skips_only_lse():
     b = head_stats(q, k, scaling=0.25, backend="torch", block_bytes=2048, lse=False)
     assert b.lse is None and a.lse is not None
     assert all(torch.equal(v, getattr(b, n)) for n, v in a.to_dict().items() if n != "lse")
+
+
+def full_z(q, k, v, allowed, scaling, softcap=None, sinks=None):
+    """Hand-written attention output [B, Tq, H, Dv] from the float64 probabilities of ``full_stats``
+    (the cases' additive masks are 0 / min: ``allowed`` holds them)."""
+    p = full_stats(q, k, allowed, scaling, softcap, sinks)["p"]
+    g = q.shape[1] // v.shape[1]
+    return torch.stack([p[:, i] @ v[:, i // g].double() for i in range(q.shape[1])], 2)
+
+
+ONE_ROW = {"T63_gqa3_pad_d64": 1, "bidir_additive_sinks": 1}   # one query row per block
+Z_TOL = {torch.float32: 2e-5, torch.bfloat16: 0.03}      # z in the values' dtype (bf16: ~3 digits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_fused_z_and_statistics_match_full_softmax(name, dtype):
+    """head_stats(values=...): one pass over the scores (blocks trimmed to the keys their rows
+    may see, z = P @ V from the same blocks) against the float64 full softmax; d_v != d_head."""
+    c = CASES[name]
+    seed = random.randrange(2**31)
+    q, k, allowed, sinks, qmask, keys = case_inputs(c, seed)
+    v = torch.randn(k.shape[:3] + (24,), generator=torch.Generator().manual_seed(seed + 1))
+    mask = op_mask(c, allowed, dtype)
+    scaling = q.shape[-1] ** -0.5
+    qd, kd, vd = q.to(dtype), k.to(dtype), v.to(dtype)
+    ref = full_stats(qd.float(), kd.float(), allowed, scaling, c.get("softcap"), sinks, qmask, keys)
+    got = head_stats(qd, kd, mask, scaling=scaling, causal=c.get("causal", True), softcap=c.get("softcap"),
+                     sliding_window=c.get("window"), sinks=sinks, query_mask=qmask, keys=keys, backend="torch",
+                     block_bytes=ONE_ROW.get(name) or max(64, q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]),
+                     values=vd)
+    where = f"fused {name} {dtype} seed={seed}"
+    check(got, ref, TOL[dtype], where)
+    want = full_z(qd.float(), kd.float(), vd.float(), allowed, scaling, c.get("softcap"), sinks)
+    assert got.z.shape == want.shape and got.z.dtype == dtype, where
+    err = (got.z.double() - want).abs().max().item()
+    assert err <= Z_TOL[dtype], f"{where}: z max error {err:.3g}"
+
+
+def test_fused_needs_the_pytorch_path():
+    from workbench.cuda.stats import z_available
+    from workbench.errors import UserError
+
+    q, k = torch.randn(1, 2, 5, 8), torch.randn(1, 1, 5, 8)
+    assert z_available(q, k, "torch") and z_available(q, k, "auto") and not z_available(q, k, "triton")
+    with pytest.raises(UserError, match="PyTorch path"):
+        head_stats(q, k, scaling=1.0, values=torch.randn(1, 1, 5, 8), backend="triton")
+    with pytest.raises(UserError, match="values"):
+        head_stats(q, k, scaling=1.0, values=torch.randn(1, 2, 5, 8), backend="torch")
