@@ -134,7 +134,7 @@ def test_merged_sums_equal_a_hand_computation_from_hf_eager_attention(tiny, setu
     want = _oracle(tiny, setup[2])
     assert merged["sinks.is_sink"].any() and not merged["sinks.is_sink"].all()     # the heads differ
     assert merged["sinks.top_token"].nunique() > 1
-    _assert_same(merged, want, atol=2e-5)
+    _assert_same(merged, want, atol=1e-7)         # observed: 4e-9 (float32 patterns, float64 sums)
 
 
 def test_run_table_equals_the_per_input_path_of_workbench_run(tiny, capsys):
