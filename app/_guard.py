@@ -77,6 +77,7 @@ KINDS: dict[tuple[str, str], Kind] = {
     ("patching-pos-input", "value"): INT, ("patching-x", "value"): TEXT,
     ("patching-y", "value"): TEXT,
     ("runs-table", "selected_rows"): INTS, ("runs-table", "data"): OBJECTS,
+    ("circuits-kind", "value"): TEXT, ("circuits-qk-query", "value"): INT, ("circuits-qk-key", "value"): INT,
 }
 
 

@@ -1,13 +1,16 @@
 """Circuits page: what a ``workbench circuit`` run holds, drawn from its tables.
 
 - ``dla``: the largest direct logit attributions (mean over inputs) of every component
-  (embeddings, heads, MLPs, biases) from ``dla_components.parquet``; per-head ``dla.value``
-  is also a column of the Head grid.
+  (embeddings, heads, MLPs, biases) from ``dla_components.parquet``, and ``dla.value`` per
+  head as a layer x head grid (also a metric of the Head grid; Head detail splits one head's
+  DLA over key positions, ``_circuit_panels``).
 - ``path``: sender x receiver heatmap of path-patching effects with a q | k | v selector.
 - ``composition``: sender x receiver heatmap of composition score minus the random-matrix
   baseline, q | k | v selector (the receivers with the largest scores when there are many).
 - ``qk``: for the run's head and key position, each upstream component's share of the
-  scores through the query and through the key (``qk_summary.parquet``).
+  scores through the query and through the key (``qk_summary.parquet``); below, for a chosen
+  query and key position, the [query component, key component] contribution matrix with the
+  largest pairs named (``_circuit_panels``).
 
 Figure builders are plain functions of DataFrames (no torch, no model).
 """
@@ -19,7 +22,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Input, Output, State, dcc, html
 
+from .._circuit_panels import qk_controls
+from .._circuit_panels import register as register_panels
 from ..components import control, dropdown, message
+from ..fig_grid import head_grid_figure
 from ..run import Run, RunError
 from ..run_page import register_run_switch, run_page
 from ..view import current_store
@@ -67,7 +73,8 @@ def pair_heatmap(table: pd.DataFrame, value: str, kind: str, title: str, top: in
 def qk_figure(summary: pd.DataFrame, head: str, key: int, top: int = TOP) -> go.Figure:
     """Grouped bars: each component's mean share of the scores to key ``key``, via the query
     and via the key, for the ``top`` components by |via_query| + |via_key|."""
-    s = summary.assign(size=summary.via_query.abs() + summary.via_key.abs()).nlargest(top, "size")[::-1]
+    size = summary.via_query.abs().fillna(0) + summary.via_key.abs().fillna(0)   # cross: one side per row
+    s = summary.assign(size=size).nlargest(top, "size")[::-1]
     fig = go.Figure([go.Bar(x=s.via_query, y=s.component, orientation="h", name="via query"),
                      go.Bar(x=s.via_key, y=s.component, orientation="h", name="via key")])
     fig.update_layout(barmode="group", height=180 + 26 * len(s), margin={"l": 120},
@@ -108,8 +115,15 @@ def _body(store, run: Run) -> tuple[list, dict]:
         fig, why = None, str(exc)
     kinds = html.Div(control("q | k | v", dropdown("circuits-kind", list(KINDS), "q")), className="controls",
                      style={"display": "flex" if analysis in ("path", "composition") else "none"})
+    extra = []
+    if analysis == "dla" and "dla.value" in run.heads.columns:
+        extra = [dcc.Graph(id="circuits-dla-grid", figure=head_grid_figure(
+            run.heads, "dla.value", title=f"{run.name}: direct logit attribution per head (nats, mean over inputs)",
+            meta=run.meta))]
+    elif analysis == "qk":
+        extra = qk_controls(store, run)
     return [kinds, message(why, "error") if why else html.Div(),
-            dcc.Graph(id="circuits-graph", figure=fig or {})], {"run": run.name, "analysis": analysis}
+            dcc.Graph(id="circuits-graph", figure=fig or {}), *extra], {"run": run.name, "analysis": analysis}
 
 
 def layout(run=None, **_q):
@@ -120,6 +134,7 @@ def register(app: dash.Dash) -> None:
     dash.register_page(__name__, path="/circuits", name="Circuits", title="workbench · circuits", order=5,
                        layout=layout)
     register_run_switch(app, "circuits", _body)
+    register_panels(app)
 
     @app.callback(Output("circuits-graph", "figure"), Input("circuits-kind", "value"),
                   State("circuits-run", "value"), State("circuits-view", "data"), prevent_initial_call=True)

@@ -15,6 +15,7 @@ import dash
 from dash import Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
+from .._circuit_panels import dla_panel
 from .._color import LINEAR, LOG, SKIP_FIRST, options
 from .._detail_panels import CLEAN, CORRUPT, build, has_corrupt, variant
 from ..components import attempt, control, dropdown, message, metrics_table
@@ -88,6 +89,7 @@ def _body(store, run: Run, stream, layer, head, index, prompt=None) -> tuple[lis
                   html.Div(dcc.Graph(id="detail-tokens", figure=tokens, config={"displayModeBar": False}),
                            style={"overflowX": "auto"})],
                  id="detail-tokens-card", className="card", style=tokens_style),
+        dla_panel(store, run, stream, layer, head, index),           # circuit runs: DLA by key position
         html.Div([
             html.Div([html.H3("Metrics"), html.Div(table, id="detail-metrics")], className="card side"),
         ], className="row", id="detail-extra"),
