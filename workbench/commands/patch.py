@@ -16,8 +16,8 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from ._task_args import (add_task_args, at_least, base_meta, check_task_args, executor, load_task, remove_units,
-                         units_folder, units_note)
+from ._task_args import (add_executor_args, add_task_args, at_least, base_meta, check_task_args, executor, load_task,
+                         remove_units, units_folder, units_note)
 
 
 def register(sub) -> None:
@@ -43,6 +43,7 @@ def register(sub) -> None:
     p.add_argument("--shard-size", type=int, default=None, help="pairs per work unit (default: all)")
     p.add_argument("--units", default=None, help="folder recording finished work units, so an interrupted "
                                                  "run resumes (default: a hidden folder beside --out)")
+    add_executor_args(p)
     p.set_defaults(func=run)
 
 
@@ -84,7 +85,7 @@ def run(args) -> int:
             if not args.quiet:
                 print(f"{m}: {task.name} on {model.name}, {len(task)} pairs, {args.ablation} {args.direction}",
                       file=sys.stderr)
-            ex = executor(args.quiet)
+            ex = executor(args.quiet, args)
             run_one = dla_patch if m == "dla" else patch
             if m == VERIFIED:
                 run_one = partial(verified_patch, k=args.verify_k, sample=args.verify_sample,
