@@ -27,6 +27,12 @@ SMOL_PROMPTS = [
 ]
 WHISPER_WORDS = [" The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog",
                  "."]
+# a 30 s clip's worth of speech (~2.5 words/s): its word labels must not collide (issue 14)
+LONG_WORDS = [" " + w for w in (
+    "The history of the city begins on a quiet river bank where a small group of traders built "
+    "their first wooden houses and a market that soon drew farmers fishermen and travellers from "
+    "every valley around it so that within a few generations the settlement had grown into a busy "
+    "town with stone bridges narrow streets a cathedral a university and a harbour full of ships").split()] + ["."]
 CLASSES = ["sink", "previous-token", "positional", "induction", "retrieval", "diffuse"]
 
 
@@ -176,9 +182,9 @@ def _encoder_patterns(rng, n_heads: int, n: int) -> np.ndarray:
 
 
 def make_audio_run(runs_dir: Path, name: str = "whisper", *, durations=(3.0, 4.5),
-                   n_layers: int = 4, n_heads: int = 6, seed: int = 1) -> Path:
+                   n_layers: int = 4, n_heads: int = 6, seed: int = 1, words: list[str] = WHISPER_WORDS) -> Path:
     rng = np.random.default_rng(seed)
-    dec = ["<|startoftranscript|>", "<|notimestamps|>"] + WHISPER_WORDS + ["<|endoftext|>"]
+    dec = ["<|startoftranscript|>", "<|notimestamps|>"] + list(words) + ["<|endoftext|>"]
     items, patterns, inputs = [], {}, {}
     for i, dur in enumerate(durations):
         n_frames = int(round(dur * 50))
@@ -186,7 +192,7 @@ def make_audio_run(runs_dir: Path, name: str = "whisper", *, durations=(3.0, 4.5
                       "n_frames": n_frames, "tokens": {"decoder": dec}})
         t = np.arange(int(dur * 16000)) / 16000
         inputs[f"audio/{i}"] = (0.2 * np.sin(2 * np.pi * (220 + 80 * t) * t)).astype(np.float32)
-        inputs[f"mel/{i}"] = _mel(rng, int(dur * 100), len(WHISPER_WORDS))
+        inputs[f"mel/{i}"] = _mel(rng, int(dur * 100), len(words))
         for layer in range(n_layers):
             patterns[f"pattern/encoder/{layer}/{i}"] = _encoder_patterns(rng, n_heads, n_frames)
             patterns[f"pattern/decoder/{layer}/{i}"] = _causal_patterns(

@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _synth_runs import make_audio_run, make_broken_runs, make_text_run  # noqa: E402
+from _synth_runs import LONG_WORDS, make_audio_run, make_broken_runs, make_text_run  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "app"
 
@@ -25,13 +25,13 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "app"
 @pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory) -> Path:
     """smol (30x9, patching + extra tables), smol-b (same model, other seed), whisper
-    (4x6 x 3 streams, 3 s and 4.5 s clips), whisper-long (one 30 s clip: 1500 frames),
+    (4x6 x 3 streams, 3 s and 4.5 s clips), whisper-long (one 30 s clip: 1500 frames, 67 words),
     and broken runs: partial, badjson, badparquet, badtensors, future, notarun."""
     root = tmp_path_factory.mktemp("runs")
     make_text_run(root, "smol")
     make_text_run(root, "smol-b", seed=5, extras=False)
     make_audio_run(root, "whisper")
-    make_audio_run(root, "whisper-long", durations=(30.0,), seed=3)
+    make_audio_run(root, "whisper-long", durations=(30.0,), seed=3, words=LONG_WORDS)
     make_broken_runs(root, root / "smol")
     return root
 
@@ -48,17 +48,23 @@ def client(app):
     return app.server.test_client()
 
 
-@pytest.fixture(scope="session")
-def live_server(runs_dir):
-    """Base URL of the app served by a threaded werkzeug server on a free loopback port."""
+def _serve(folder):
+    """Serve the app over ``folder`` on a threaded werkzeug server on a free loopback port;
+    yields its base URL."""
     from workbench.app.server import make_app_server
 
-    server = make_app_server(runs_dir, "127.0.0.1", 0)
+    server = make_app_server(folder, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def live_server(runs_dir):
+    """Base URL of the app served by a threaded werkzeug server on a free loopback port."""
+    yield from _serve(runs_dir)
 
 
 def _chromium() -> tuple[str | None, str | None, str]:
@@ -102,9 +108,11 @@ def browser(tmp_path_factory):
     drv.quit()
 
 
-REAL_RUNS = {  # run name -> `workbench run` arguments (kept small: CPU-only CI)
-    "smollm2": ["smollm2-135m", "--max-prompts", "2", "--max-tokens", "24"],
-    "whisper": ["whisper-tiny.en", "--max-prompts", "2"],
+REAL_RUNS = {  # run name -> `workbench` arguments (kept small: CPU-only CI)
+    "smollm2": ["run", "smollm2-135m", "--max-prompts", "2", "--max-tokens", "24"],
+    "whisper": ["run", "whisper-tiny.en", "--max-prompts", "2"],
+    # a patch run (AtP: one forward and backward per pair) with its prompts' patterns
+    "smollm2-ioi": ["patch", "smollm2-135m", "--task", "ioi", "--n", "2", "--method", "atp"],
 }
 _REAL: dict = {}
 
@@ -141,7 +149,7 @@ def pytest_collection_modifyitems(session, config, items):
                 return
             with open(root / f"{name}.log", "wb") as log:
                 procs[name] = subprocess.Popen(
-                    [exe, "run", *args, "--out", str(root / name), "--quiet"],
+                    [exe, *args, "--out", str(root / name), "--quiet"],
                     stdout=log, stderr=subprocess.STDOUT, env=env)
                 procs[name].wait()
 
@@ -164,7 +172,8 @@ def pytest_collection_modifyitems(session, config, items):
 @pytest.fixture(scope="session")
 def real_runs_dir() -> Path:
     """Real runs of smollm2-135m and whisper-tiny.en made once per session by
-    ``workbench run`` (started in the background at collection time)."""
+    ``workbench run``, and an IOI ``workbench patch`` run of smollm2-135m (started in the
+    background at collection time)."""
     if "skip" in _REAL:
         pytest.skip(_REAL["skip"])
     if not _REAL:
@@ -176,7 +185,13 @@ def real_runs_dir() -> Path:
         if proc is None or proc.returncode != 0:
             missing = ("not installed", "No module named", "pip install")
             if any(m in out for m in missing):
-                pytest.skip(f"`workbench run {args[0]}` cannot run here: "
+                pytest.skip(f"`workbench {' '.join(args[:2])}` cannot run here: "
                             f"{out.strip().splitlines()[-1][:300]}")
-            pytest.fail(f"`workbench run {' '.join(args)}` failed:\n{out[-3000:]}")
+            pytest.fail(f"`workbench {' '.join(args)}` failed:\n{out[-3000:]}")
     return _REAL["root"]
+
+
+@pytest.fixture(scope="session")
+def real_live_server(real_runs_dir):
+    """Base URL of the app served over the real runs (``real_runs_dir``)."""
+    yield from _serve(real_runs_dir)

@@ -4,8 +4,6 @@ missing). Pages render, heads and slices match the run's metadata, and in Chromi
 in the grid updates the detail."""
 from __future__ import annotations
 
-import threading
-
 import pytest
 from _dash_client import classes, find, render, texts
 
@@ -60,17 +58,6 @@ def test_real_whisper_run_shape_and_alignment(real_client, real_store):
     assert words and sum(w in said for w in words) >= len(words) // 2
     r = real_client.get(f"/media/whisper/audio/{index}.wav")
     assert r.status_code == 200 and len(r.data) > 16000
-
-
-@pytest.fixture(scope="module")
-def real_live_server(real_runs_dir):
-    from workbench.app.server import make_app_server
-
-    server = make_app_server(real_runs_dir, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_real_runs_in_the_browser(browser, real_live_server):
