@@ -237,3 +237,30 @@ def test_bad_settings_are_user_errors_before_any_compute(setup, tiny):
         DatasetStats(setup[0], setup[1], {"rollout": {}})
     with pytest.raises(UserError, match="chunk_size must be an integer >= 1"):
         _job(setup, 0)
+
+
+def test_the_driver_folds_unit_results_without_keeping_them(setup):
+    """``assemble`` over a generator drops each unit's result once it is merged: when unit k+1
+    is asked for, no tensor of units before k is alive (k's is the loop's current item)."""
+    import gc
+    import weakref
+
+    from workbench.dataset_stats import DatasetStats
+    from workbench.patching.units import Unit
+
+    model, batch, _ = setup
+    job = DatasetStats(model, batch.select(list(range(40))), {"entropy": {}, "sinks": {}}, chunk_size=8)
+    one = job.run_unit(Unit(0))
+    refs: list = []
+
+    def results():
+        for i in range(len(job.units())):
+            gc.collect()
+            alive = [j for j, rs in enumerate(refs[:-1]) if any(r() is not None for r in rs)]
+            assert alive == [], f"results of units {alive} still held when unit {i} is asked for"
+            res = {k: v.clone() for k, v in one.items()}
+            refs.append([weakref.ref(v) for v in res.values()])
+            yield Unit(i), res
+
+    out = job.assemble(results())
+    assert len(refs) == 5 and out["entropy"].table["entropy.n_rows"].iloc[0] == 5 * int(one["entropy/self/0/rows"])
