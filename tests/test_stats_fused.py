@@ -147,3 +147,13 @@ def test_logits_argument_leaves_models_without_logits_to_keep_alone():
     model = wb.wrap(tiny_hf("whisper"))                # WhisperForConditionalGeneration has no logits_to_keep
     batch = tiny_batch("whisper", model.hf)
     assert model.run(batch, capture=[wb.Stats()]).logits.shape == model.run(batch).logits.shape
+
+
+def test_fused_keeps_sdpa_when_gradients_are_recorded():
+    model = wb.wrap(tiny_hf("llama"))
+    batch = tiny_batch("llama", model.hf)
+    ref = model.run(batch, capture=[wb.Z()], logits=True).logits
+    tr = model.run(batch, capture=[FUSED, wb.Z(grad=True)], grad=True)
+    assert torch.equal(tr.logits.detach(), ref)          # SDPA, bit for bit
+    (g,) = torch.autograd.grad(tr.logits[..., 3].sum(), [tr.z[("self", 0)]])
+    assert torch.isfinite(g).all()

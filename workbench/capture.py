@@ -97,9 +97,9 @@ class Stats:
       equal SDPA's within float round-off, not bit for bit (tiny float32 models: layer
       outputs and logits within 1e-5 of the untraced model, tests/test_stats_fused.py), and the
       statistics equal the ``"sdpa"`` path's within float round-off (argmax keys may differ
-      on exact ties). It applies where the PyTorch path computes the statistics (not the
-      Triton kernel on CUDA, which keeps SDPA) and only at sites with no ``Pattern`` capture
-      and no edit; elsewhere the output is SDPA's.
+      on exact ties; a padded position that may see no key gets z = 0). It applies where the PyTorch path computes the statistics (not the
+      Triton kernel on CUDA, which keeps SDPA), only at sites with no ``Pattern`` capture
+      and no edit, and not in a ``Model.run(..., grad=True)``; elsewhere the output is SDPA's.
 
     Raises:
         UserError: ``attn_output`` not one of ``"sdpa"``, ``"fused"``.

@@ -102,10 +102,11 @@ class Tracer:
 
     def fuses(self, module, query, key) -> bool:
         """Whether this call's output comes from its statistics blocks (``Stats(attn_output=
-        "fused")`` at a statistics-only site, and the PyTorch path computes them): the
-        attention function then skips SDPA and passes ``out=None`` to ``on_attention``."""
+        "fused")`` at a statistics-only site, the PyTorch path computes them, and no gradient
+        is being recorded): the attention function then skips SDPA and passes ``out=None``
+        to ``on_attention``."""
         site = self.site_of.get(id(module))
-        if site is None or site.key not in self.fused:
+        if site is None or site.key not in self.fused or torch.is_grad_enabled():   # in-place ops: no autograd
             return False
         from .cuda.stats import z_available
 
