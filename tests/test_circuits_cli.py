@@ -61,6 +61,11 @@ def test_circuit_path_qk_composition(tiny):
     table = pd.read_parquet(tiny / "path" / "path.parquet")
     assert set(table.kind) <= {"q", "k", "v"} and table.effect.notna().all()
 
+    assert _run(tiny, tiny / "pmean", "--analysis", "path", "--receivers", "self/1/1", "--ablation", "mean") == 0
+    t = load_file(str(tiny / "pmean" / "path.safetensors"))["effect"]
+    assert t.shape == (8, 1, 3) and not torch.isnan(t[:4]).any() and float(t[:4].abs().max()) > 0
+    assert json.loads((tiny / "pmean" / "meta.json").read_text())["analyses"]["circuit.path"]["ablation"] == "mean"
+
     assert _run(tiny, tiny / "qk", "--analysis", "qk", "--head", "self/1/2", "--input", "1", "--key", "0") == 0
     q = load_file(str(tiny / "qk" / "qk.safetensors"))
     meta = json.loads((tiny / "qk" / "meta.json").read_text())["analyses"]["circuit.qk"]

@@ -42,8 +42,9 @@ def register(sub) -> None:
     p.add_argument("--receivers", default=None, help="path: receiver heads, comma-separated stream/layer/head")
     p.add_argument("--top-k", type=int, default=5, help="path: receivers = top-k heads of exact patching (default 5)")
     p.add_argument("--from-run", default=None, help="path: take the top-k receivers from this patch run folder")
-    p.add_argument("--ablation", default="resample", choices=("resample", "zero", "mean"),
-                   help="path: sender patch (mean: its mean z over the clean inputs)")
+    p.add_argument("--ablation", default=None, choices=("resample", "zero", "mean"),
+                   help="path: sender patch (default: resample for a task with corrupt prompts, else zero; "
+                        "mean: its mean z over the clean inputs)")
     p.add_argument("--head", default=None, help="qk: the head, stream/layer/head")
     p.add_argument("--input", type=int, default=0, help="qk: input index (default 0)")
     p.add_argument("--key", type=int, default=0, help="qk: key position of the summary (default 0)")
@@ -132,9 +133,13 @@ def _receivers(model, task, args):
 
 def _path(model, task, args):
     from ..circuits.path_patching import path_patching
+    from ..errors import UserError
 
+    ablation = args.ablation or ("resample" if task.corrupt is not None else "zero")
+    if ablation == "resample" and task.corrupt is None:
+        raise UserError(f"--ablation resample needs a task with corrupt prompts; {task.name} has none: use zero or mean")
     receivers = _receivers(model, task, args)
-    r = path_patching(model, task.clean, task.metric, receivers, corrupt=task.corrupt, ablation=args.ablation)
+    r = path_patching(model, task.clean, task.metric, receivers, corrupt=task.corrupt, ablation=ablation)
     eff = r.tensor()
     heads = _frame(model)
     names = [h.name for h in r.senders]
