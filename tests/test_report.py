@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 
 import numpy as np
 import pandas as pd
@@ -70,6 +71,14 @@ def test_patch_report_ranks_by_absolute_effect_and_prune_report_draws_the_curve(
         fig = (tmp_path / link).read_text()
         assert 'src="plotly.min.js"' in fig and "cdn.plot.ly" not in fig and "https://" not in fig
     assert (tmp_path / "pr_files" / "plotly.min.js").stat().st_size > 1_000_000
+    # a static image beside every interactive figure, shown inline (GitHub renders these)
+    images = re.findall(r"!\[[^]]+\]\((pr_files/[^)]+\.png)\)", text)
+    assert [i.removesuffix(".png") for i in images] == [l.removesuffix(".html") for l in links]
+    for image in images:
+        data = (tmp_path / image).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", data[16:24])                # IHDR
+        assert width >= 400 and height >= 300 and len(data) > 5_000     # drawn, not an empty canvas
     assert "Michel et al. 2019" in text and "| rank | stream | layer | head |" in text
     _report(runs["patch"], tmp_path / "p.html")
     html = (tmp_path / "p.html").read_text()
@@ -104,3 +113,35 @@ def test_bad_input_is_one_line_and_nothing_is_replaced(runs, tmp_path, capsys):
         one_line_error(*cli(capsys, *args), needle)
     assert mine.read_text() == "not the workbench's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m_files", "mine.html"]
+
+
+def test_markdown_without_a_browser_for_kaleido_links_the_interactive_figures(runs, tmp_path, monkeypatch):
+    import plotly.io as pio
+
+    def no_chrome(*_a, **_k):
+        raise RuntimeError("\n\nKaleido requires Google Chrome to be installed.\n")
+
+    monkeypatch.setattr(pio, "write_images", no_chrome)
+    _report(runs["prune"], tmp_path / "n.md")
+    text = (tmp_path / "n.md").read_text()
+    assert "No static images: kaleido found no Chrome or Chromium" in text and "![" not in text
+    assert re.findall(r"\]\((n_files/[^)]+\.html)\)", text) and not list((tmp_path / "n_files").glob("*.png"))
+
+    def broken(*_a, **_k):
+        raise RuntimeError("something else went wrong")
+
+    monkeypatch.setattr(pio, "write_images", broken)      # any other failure is a bug: raised, nothing left
+    with pytest.raises(RuntimeError, match="something else"):
+        main(["report", str(runs["prune"]), "--out", str(tmp_path / "b.md")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.md", "n_files"]
+
+
+def test_every_analysis_of_workbench_run_has_a_method_note_with_a_citation():
+    from workbench._report_content import NOTES
+    from workbench.analyses import registry
+
+    missing = sorted(set(registry()) - set(NOTES))
+    assert not missing, f"analyses without a method note in the report: {missing}"
+    for name in registry():
+        what, cite = NOTES[name]
+        assert what and re.search(r"(19|20)\d\d", cite), name

@@ -50,6 +50,21 @@ NOTES = {
                     "Elhage et al. 2021, 'A Mathematical Framework for Transformer Circuits'"),
     "qk": ("a head's pre-softmax scores split into [query component, key component] contributions",
            "Elhage et al. 2021, 'A Mathematical Framework for Transformer Circuits'"),
+    "hidden_sinks": ("keys after the first whose column mean alpha_k exceeds 0.1 (sinks other than the first token)",
+                     "Yu et al. 2024, 'Unveiling and Harnessing Hidden Attention Sinks' (ACT)"),
+    "massive": ("residual-stream entries with |h| > 100 and >= 1000 x the hidden state's median |h|, and the "
+                "attention heads put on their positions",
+                "Sun et al. 2024, 'Massive Activations in Large Language Models'"),
+    "encoder_heads": ("audio encoder head type (local / vertical / global) from attention by frame offset",
+                      "Yang et al. 2020, 'Understanding Self-Attention of Self-Supervised Audio Transformers'"),
+    "kv_plan": ("full KV cache for retrieval-like heads, sinks + recent window for sink / local (streaming) heads",
+                "Xiao et al. 2024 (DuoAttention); Tang et al. 2024 (RazorAttention); Xiao et al. 2023 (StreamingLLM)"),
+    "faithfulness": ("Spearman correlation of raw attention, rollout and flow token importance with blank-out "
+                     "and input-gradient importance",
+                     "Abnar & Zuidema 2020, 'Quantifying Attention Flow in Transformers'"),
+    "act": ("hidden-sink columns scaled by beta = 0.4 with the mass given to the row's other keys; "
+            "change of the metric",
+            "Yu et al. 2024, 'Unveiling and Harnessing Hidden Attention Sinks' (ACT)"),
 }
 
 

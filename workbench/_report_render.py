@@ -4,9 +4,10 @@ Figures reuse the dashboard's builders (``workbench.app.fig_*``, plain functions
 head grids (the ranking metric, the taxonomy class, up to three more scores), the patching
 heatmap, the pruning curve and token-importance flow. HTML is one self-contained file: plotly.js
 from the installed plotly package is inlined once (no CDN), every figure is a div. Markdown has
-the tables inline and each figure as an interactive HTML file in ``<stem>_files/`` beside it
-(sharing one ``plotly.min.js``): static PNG/SVG export needs kaleido and a Chrome it drives,
-which the workbench does not depend on.
+the tables inline and each figure in ``<stem>_files/`` beside it twice: a PNG shown inline (so
+the report renders on GitHub; drawn by kaleido, which drives an installed Chrome or Chromium)
+and an interactive HTML file (sharing one ``plotly.min.js``). Without kaleido or a browser for
+it, the Markdown says so and links the interactive files only.
 """
 from __future__ import annotations
 
@@ -58,7 +59,52 @@ def figures(rep: Report) -> list[tuple[str, object]]:
             values, tokens, layers = flow_matrix(flow, str(first["stream"]), int(first["input"]), quantity)
             out.append((f"{quantity} per layer, input {int(first['input'])}",
                         token_layer_figure(values, tokens, layers=layers, colorbar=quantity)))
+    align = alignment(run)
+    if align is not None:
+        out.append(align)
     return out
+
+
+def alignment(run, index: int = 0, k: int = 3) -> tuple[str, object] | None:
+    """(title, figure) of the word alignment of input ``index`` from the ``k`` best
+    cross-attention heads (the dashboard's Flow page figure: averaged z-scored cross-attention,
+    DTW path, words on their own time axis, spectrogram), or None when the run has no cross
+    stream or saved no cross pattern of that input. Heads: the alignment analysis's best
+    (``alignment.score``) when the run has it, else the best by peak x monotonicity on the input."""
+    import numpy as np
+
+    from .app import alignment as al
+    from .app.fig_flow import alignment_figure
+    from .schema import pattern_key
+
+    heads = run.heads
+    cross = heads[heads["stream"] == "cross"]
+    items = (run.meta.get("inputs") or {}).get("items") or []
+    tokens = ((items[index].get("tokens") or {}).get("decoder") if len(items) > index else None) or []
+    files = run.tensors
+    if cross.empty or not tokens or "patterns" not in files:
+        return None
+    layers = sorted({int(x) for x in cross["layer"]})
+    if any(pattern_key("cross", layer, index) not in files["patterns"] for layer in layers):
+        return None
+    site = {layer: files["patterns"][pattern_key("cross", layer, index)].load().astype(np.float32)
+            for layer in layers}                                        # [head, token, frame] each
+    if "alignment.score" in cross.columns and cross["alignment.score"].notna().any():
+        scores, how = {(int(r.layer), int(r.head)): float(getattr(r, "_score")) for r in cross.rename(
+            columns={"alignment.score": "_score"}).dropna(subset=["_score"]).itertuples()}, "alignment.score"
+    else:
+        scores = {(layer, h): al.alignment_score(site[layer][h], tokens) for layer in layers
+                  for h in range(site[layer].shape[0])}
+        how = "peak x monotonicity"
+    chosen = al.best_heads(scores, k=k)
+    matrix = al.average_heads([site[layer][h] for layer, h in chosen])
+    predicted = al.predicted_tokens(tokens)
+    words = al.word_timings(predicted, matrix)
+    mel = files["inputs"]["mel/%d" % index].load() if "inputs" in files and f"mel/{index}" in files["inputs"] \
+        else None
+    names = ", ".join(f"L{layer}H{h}" for layer, h in chosen)
+    title = f"word alignment, input {index}: cross heads {names} (best by {how})"
+    return title, alignment_figure(matrix, predicted, words, mel, title=title)
 
 
 def _fmt(v) -> str:
@@ -132,24 +178,64 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
 
 
-def to_markdown(rep: Report, figure_dir: str) -> tuple[str, list[tuple[str, object]]]:
-    """(Markdown text, [(file name, Figure)]) where the figures are to be written as HTML files
-    in ``figure_dir`` (a folder name relative to the Markdown file)."""
-    figs = [(f"{i + 1:02d}-{slug(t)}.html", t, f) for i, (t, f) in enumerate(figures(rep))]
+def markdown_figures(rep: Report) -> list[tuple[str, str, object]]:
+    """[(file stem, title, Figure)] of the Markdown report, stems ``NN-<slug>``."""
+    return [(f"{i + 1:02d}-{slug(t)}", t, f) for i, (t, f) in enumerate(figures(rep))]
+
+
+def to_markdown(rep: Report, figure_dir: str, figs: list[tuple[str, str, object]], images: str | None) -> str:
+    """The Markdown text. ``figs``: ``markdown_figures(rep)``, written as ``<stem>.html`` (and,
+    unless ``images`` says why not, ``<stem>.png``) in ``figure_dir``, a folder name relative
+    to the Markdown file."""
     lines = [f"<!-- {GENERATOR}, schema_version {SCHEMA_VERSION} -->", f"# {_md(_title(rep))}", "",
              "## Provenance", ""]
     lines += [f"- **{k}**: {_md(v)}" for k, v in _items(rep.provenance)]
     if rep.other is not None:
         lines += [f"- **compared with {k}**: {_md(v)}" for k, v in _items(rep.provenance["compared_with"])
                   if k in ("run", "inputs", "command", "created")]
-    lines += ["", "## Figures", "",
-              "Interactive figures (plotly) are HTML files beside this report; static images would need "
-              "kaleido and Chrome, which the workbench does not install.", ""]
-    lines += [f"- [{_md(t)}]({figure_dir}/{name})" for name, t, _ in figs]
+    lines += ["", "## Figures", ""]
+    if images is not None:
+        lines += [f"No static images: {_md(images)}. The figures are interactive HTML files beside this report.", ""]
+    for stem, t, _ in figs:
+        if images is None:
+            lines += [f"### {_md(t)}", "", f"![{_md(t)}]({figure_dir}/{stem}.png)", "",
+                      f"[interactive version]({figure_dir}/{stem}.html)", ""]
+        else:
+            lines.append(f"- [{_md(t)}]({figure_dir}/{stem}.html)")
     lines += ["", "## Ranked heads", "", _ranking_note(rep), "", _md_table(rep.heads), "",
               "## Per-layer summary", "", _md_table(rep.layers), "", "## Methods", ""]
     lines += [f"- **{n}**: {_md(what)}. *{_md(cite)}*" for n, what, cite in rep.notes]
-    return "\n".join(lines) + "\n", [(name, f) for name, _, f in figs]
+    return "\n".join(lines) + "\n"
+
+
+def write_images(figs: list[tuple[str, str, object]], folder) -> str | None:
+    """Write ``<stem>.png`` of every figure into ``folder`` with kaleido (one browser session).
+
+    Returns None, or why no image was written (kaleido missing, or no Chrome / Chromium for it);
+    other errors propagate."""
+    if not figs:
+        return None
+    try:
+        import kaleido  # noqa: F401
+        import plotly.io as pio
+    except ImportError:
+        return "kaleido is not installed (it is in the workbench's app extra)"
+    try:
+        pio.write_images([f for _, _, f in figs], [folder / f"{stem}.png" for stem, _, _ in figs], format="png",
+                         width=[_width(f) for _, _, f in figs], height=[_height(f) for _, _, f in figs])
+    except RuntimeError as exc:
+        if "chrome" not in str(exc).lower():
+            raise
+        return "kaleido found no Chrome or Chromium to draw them (install chromium)"
+    return None
+
+
+def _width(fig) -> int:
+    return int(fig.layout.width or 900)
+
+
+def _height(fig) -> int:
+    return int(fig.layout.height or 500)
 
 
 def _md(text) -> str:
@@ -167,4 +253,4 @@ _CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table
         "font-size:12px;margin-bottom:1em}td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}"
         ".prov td,.prov th{text-align:left}.figure{margin-bottom:1.5em}")
 
-__all__ = ["GENERATOR", "figures", "slug", "to_html", "to_markdown"]
+__all__ = ["GENERATOR", "alignment", "figures", "markdown_figures", "slug", "to_html", "to_markdown", "write_images"]

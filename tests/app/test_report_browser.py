@@ -15,26 +15,34 @@ return divs.map(d => { const gd = d.querySelector('.js-plotly-plot');
 _FETCHED = "return performance.getEntriesByType('resource').map(e => e.name);"
 
 
-@pytest.mark.parametrize("compare", [None, "smol-b"], ids=["single", "compare"])
-def test_html_report_renders_offline(runs_dir, browser, tmp_path, compare):
+@pytest.mark.parametrize("run,compare", [("smol", None), ("smol", "smol-b"), ("whisper", None)],
+                         ids=["single", "compare", "whisper"])
+def test_html_report_renders_offline(runs_dir, browser, tmp_path, run, compare):
     out = tmp_path / "report.html"
     extra = ["--compare", str(runs_dir / compare)] if compare else []
-    assert main(["report", str(runs_dir / "smol"), "--out", str(out), *extra]) == 0
+    assert main(["report", str(runs_dir / run), "--out", str(out), *extra]) == 0
     console_errors(browser)                                  # empty the log of earlier pages
     browser.get(out.as_uri())
     wait(browser, lambda d: d.execute_script(_DRAWN) and all(d.execute_script(_DRAWN)), 30, "figures drawn")
     drawn = browser.execute_script(_DRAWN)
     titles = browser.execute_script(
         "return Array.from(document.querySelectorAll('div.figure')).map(d => d.dataset.title);")
+    rows = browser.execute_script("return document.querySelectorAll('#ranked-heads tbody tr').length;")
     if compare:
         assert titles == ["difference retrieval.score: smol - smol-b"]   # smol-b has no patch.effect
-    else:
+    elif run == "smol":
         assert len(drawn) >= 4 and "pruning curve" in titles and titles[0] == "patching heatmap: patch.effect"
-    rows = browser.execute_script("return document.querySelectorAll('#ranked-heads tbody tr').length;")
-    assert rows == 30 * 9
+    else:       # Whisper: the word alignment of the first clip from its best cross heads, on a time axis
+        assert [t for t in titles if t.startswith("word alignment, input 0: cross heads")], titles
+        traces = browser.execute_script(
+            "const d = Array.from(document.querySelectorAll('div.figure')).find(d => "
+            "d.dataset.title.startsWith('word alignment')).querySelector('.js-plotly-plot');"
+            "return [d.data.map(t => t.type + ':' + (t.name || '')), d._fullLayout.xaxis.title.text];")
+        assert "scatter:DTW path" in traces[0] and "scatter:words" in traces[0] and traces[1] == "time (s)"
+    assert rows == (30 * 9 if run == "smol" else 3 * 4 * 6)
     assert console_errors(browser) == []
     assert [u for u in browser.execute_script(_FETCHED) if not u.startswith("file:")] == []
-    shot(browser, f"report-{'compare' if compare else 'single'}")
+    shot(browser, f"report-{'compare' if compare else 'single' if run == 'smol' else run}")
 
 
 def test_export_page_serves_the_html_report_through_the_store(client, runs_dir, tmp_path):

@@ -99,17 +99,19 @@ def _html(rep, out, _figure_dir) -> None:
 
 
 def _markdown(rep, out, figure_dir) -> None:
-    from .._report_render import to_markdown
+    from .._report_render import markdown_figures, to_markdown, write_images
 
-    text, figs = to_markdown(rep, figure_dir.name)
+    figs = markdown_figures(rep)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{figure_dir.name}.", dir=out.parent))
     try:
-        for name, fig in figs:
-            fig.write_html(str(tmp_dir / name), include_plotlyjs="directory", full_html=True)
+        for stem, _, fig in figs:
+            fig.write_html(str(tmp_dir / f"{stem}.html"), include_plotlyjs="directory", full_html=True)
         if figs and not (tmp_dir / "plotly.min.js").exists():
             from plotly.offline import get_plotlyjs
 
             (tmp_dir / "plotly.min.js").write_text(get_plotlyjs(), encoding="utf-8")
+        images = write_images(figs, tmp_dir)
+        text = to_markdown(rep, figure_dir.name, figs, images)
         os.chmod(tmp_dir, 0o755)
         os.rename(tmp_dir, figure_dir)
     except BaseException:
