@@ -125,9 +125,13 @@ def alignment_figure(matrix: np.ndarray, tokens: list[str], words: list[Word],
         tips += [f"{w.text}: {w.start_s:.2f}–{w.end_s:.2f} s"] * 2 + [""]
     fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": "#9ecae1", "width": 12}, name="words",
                              hoverinfo="text", hovertext=tips), row=2, col=1)
-    for w, lane in zip(words, lanes):
-        fig.add_annotation(x=(w.start_s + w.end_s) / 2, y=lane, text=w.text, showarrow=False,
-                           font={"size": 12, "color": "#1d2330"}, row=2, col=1)
+    # annotations and boundary lines set in one layout update (plotly's add_annotation /
+    # add_vline per word re-validates the whole layout: ~0.3 s a word on a 30 s clip)
+    notes = [{"x": (w.start_s + w.end_s) / 2, "y": lane, "xref": "x2", "yref": "y2", "text": w.text,
+              "showarrow": False, "font": {"size": 12, "color": "#1d2330"}} for w, lane in zip(words, lanes)]
+    lines = [{"type": "line", "x0": w.start_s, "x1": w.start_s, "xref": "x3", "y0": 0, "y1": 1, "yref": "y3 domain",
+              "line": {"color": "white", "width": 1, "dash": "dot"}} for w in words] if mel is not None else []
+    fig.update_layout(annotations=list(fig.layout.annotations) + notes, shapes=list(fig.layout.shapes) + lines)
     fig.update_yaxes(range=[n_lanes - 0.5, -0.5], showticklabels=False, showgrid=False, zeroline=False,
                      title_text="words", row=2, col=1)
     if mel is not None:
@@ -136,9 +140,6 @@ def alignment_figure(matrix: np.ndarray, tokens: list[str], words: list[Word],
                                  y=np.arange(mel.shape[0]), colorscale="Magma", showscale=False,
                                  hovertemplate="t %{x:.2f} s<br>mel %{y}<extra></extra>"),
                       row=3, col=1)
-        for w in words:
-            fig.add_vline(x=w.start_s, line={"color": "white", "width": 1, "dash": "dot"},
-                          row=3, col=1)
         fig.update_yaxes(title_text="mel bin", row=3, col=1)
     fig.update_layout(title={"text": title, "x": 0.01}, showlegend=False,
                       height=total + 100,
