@@ -11,16 +11,16 @@ requests, cycling through a mix that matches what the browser sends: the index p
 page-router callback for every page (each builds the page's figures server-side: the head
 grid with its ranked list, the head detail with the layer's thumbnails, the value-weighted
 pattern and the token view, a 1500-frame Whisper encoder head, the cross-attention head, the
-alignment view, the patching page with its task panel, the circuits page), the detail
-redraw in log scale without the first token, a grid click, a CSV download, the HTML report
-and the audio file. Every request has a timeout and the whole test has a wall-clock limit.
+alignment view, the patching page with its task panel, a patch run's corrupt prompt in the
+head detail, the circuits page), the detail redraw in log scale without the first token, a
+grid click, a CSV download, the HTML report and the audio file. Every request has a timeout and the whole test has a wall-clock limit.
 Prints p50 / p95 / max latency per kind and overall, and exits 1 if any request failed.
 
 ``--real DIR`` builds (once; existing folders are reused) the runs of ``make demo`` with the
 CLI, on a 30-layer model and a 30 s clip: ``smollm2-135m`` (8 natural prompts x 64 tokens, the
 demo's text analyses), ``whisper-30s`` (whisper-tiny.en on a 30 s clip made by concatenating the
-bundled speech clips, the demo's audio analyses), ``smollm2-135m-ioi-patching`` (exact, AtP,
-AtP*), ``smollm2-135m-prune`` (IOI, step 0.2, one random seed) and ``smollm2-135m-circuit``
+bundled speech clips, the demo's audio analyses), ``smollm2-135m-ioi-patching`` (8 pairs;
+exact, AtP, AtP*), ``smollm2-135m-prune`` (IOI, step 0.2, importance and one random order) and ``smollm2-135m-circuit``
 (DLA). ``--reports`` times ``workbench report`` (HTML and Markdown, in-process) for every run
 folder served and prints each file's size.
 """
@@ -76,6 +76,7 @@ def request_mix(runs: dict, deps: list | None = None) -> list[tuple]:
         ("flow whisper", *page("/flow", f"?run={audio}")),
         ("flow text", *page("/flow", f"?run={text}")),
         ("patching", *page("/patching", f"?run={patch}")),
+        ("detail corrupt", *page("/detail", f"?run={patch}&layer=9&head=6&prompt=corrupt")),
         ("pruning", *page("/patching", f"?run={prune}")),
         ("export", *page("/export", f"?run={text}")),
         ("csv download", "GET", f"/download/{text}/heads.csv", None),
@@ -181,9 +182,9 @@ def clip_30s(path: Path, seconds: float = 30.0, gap_s: float = 0.25) -> Path:
     return path
 
 
-def build_real_runs(root: Path) -> dict[str, float]:
-    """Write the real run folders into ``root`` with the CLI (a folder already there is kept).
-    Returns {run: seconds} for the runs built now."""
+def build_real_runs(root: Path, names=None) -> dict[str, float]:
+    """Write the real run folders (``names``, default all) into ``root`` with the CLI (a folder
+    already there is kept). Returns {run: seconds} for the runs built now."""
     root.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "workbench.cli"]
     ioi = ["--task", "ioi"]
@@ -191,14 +192,14 @@ def build_real_runs(root: Path) -> dict[str, float]:
         REAL["text"]: ["run", "smollm2-135m", "--prompts", "natural", "--max-prompts", "8", "--max-tokens", "64",
                        "--analyses", TEXT_ANALYSES],
         REAL["audio"]: ["run", "whisper-tiny.en", "--audio", "CLIP", "--analyses", AUDIO_ANALYSES],
-        REAL["patch"]: ["patch", "smollm2-135m", *ioi, "--method", "exact,atp,atp-star"],
-        REAL["prune"]: ["prune", "smollm2-135m", *ioi, "--step", "0.2", "--seeds", "1"],
+        REAL["patch"]: ["patch", "smollm2-135m", *ioi, "--n", "8", "--method", "exact,atp,atp-star"],
+        REAL["prune"]: ["prune", "smollm2-135m", *ioi, "--step", "0.2", "--orders", "importance,random", "--seeds", "1"],
         REAL["circuit"]: ["circuit", "smollm2-135m", *ioi, "--analysis", "dla"],
     }
     seconds = {}
     for name, args in commands.items():
         out = root / name
-        if (out / "meta.json").is_file():
+        if (out / "meta.json").is_file() or (names is not None and name not in names):
             continue
         if "CLIP" in args:
             args[args.index("CLIP")] = str(clip_30s(root / "clip-30s.wav"))
