@@ -237,6 +237,11 @@ def test_bad_settings_are_user_errors_before_any_compute(setup, tiny):
         DatasetStats(setup[0], setup[1], {"rollout": {}})
     with pytest.raises(UserError, match="chunk_size must be an integer >= 1"):
         _job(setup, 0)
+    from workbench.job import validate
+    from workbench.patching.units import InProcessExecutor
+
+    with pytest.raises(UserError, match="executor runs the units of the dataset statistics"):
+        validate(JobConfig(model="x", out=tiny / "x", analyses=["entropy", "rollout"], executor=InProcessExecutor()))
 
 
 def test_the_driver_folds_unit_results_without_keeping_them(setup):

@@ -133,6 +133,11 @@ def validate(cfg: JobConfig) -> Checked:
               for n in cfg.analyses}
     if cfg.prompts and cfg.audio:
         raise user_error("give either {prompts} (text models) or {audio} (audio models), not both")
+    from .dataset_stats import mergeable
+
+    if cfg.executor is not None and (cfg.audio or not mergeable(cfg.analyses)):
+        raise UserError(f"executor runs the units of the dataset statistics of text prompts (analyses from entropy, "
+                        f"sinks), not analyses {cfg.analyses}{' on audio' if cfg.audio else ''}; pass executor=None")
     check_source(cfg.model, need_tokenizer=not cfg.audio)
     check_target(cfg.out, force=cfg.force)
     if cfg.units is not None and Path(cfg.units).exists() and not Path(cfg.units).is_dir():
