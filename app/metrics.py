@@ -138,10 +138,13 @@ def exact_and_atp(heads: pd.DataFrame) -> tuple[str | None, str | None]:
 
 
 def format_value(value) -> str:
-    """Short text for a table cell: 4 significant digits for floats; NaN (the metric does not
-    apply to this head, e.g. retrieval on a cross-attention head) is ``"n/a"``."""
-    if isinstance(value, (bool, np.bool_)) or value is None:
-        return str(bool(value)) if value is not None else "None"
+    """Short text for a table cell: 4 significant digits for floats; NaN, None or pandas' NA
+    (the metric does not apply to this head, e.g. retrieval on a cross-attention head, a class
+    column left empty) is ``"n/a"``."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return NOT_APPLICABLE
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
     if isinstance(value, (float, np.floating)):
         return NOT_APPLICABLE if value != value else f"{float(value):.4g}"
     return str(value)

@@ -74,6 +74,15 @@ def test_metric_tooltips_and_not_applicable(client):
     assert all(tips.values())
 
 
+def test_metrics_that_do_not_apply_read_n_a():
+    from workbench.app.components import metrics_table
+
+    row = {"stream": "cross", "layer": 0, "head": 1, "retrieval.score": float("nan"), "taxonomy.class": None,
+           "x.flag": pd.NA, "entropy.mean_nats": 1.23456}
+    cells = [r.children[1].children for r in metrics_table(row, "t").children[0].children]
+    assert cells == ["n/a", "n/a", "n/a", "1.235"]
+
+
 @pytest.fixture(scope="module")
 def patch_client(tmp_path_factory):
     from workbench.app import create_app
