@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .components import attempt, message
-from .fig_pattern import pattern_figure
+from .fig_pattern import column_mean, pattern_figure
 from .fig_thumbs import layer_thumbnails
 from .fig_tokens import MAX_TOKENS, token_view_figure
 from .routes import audio_url
@@ -26,6 +26,7 @@ from .run import Run, RunError
 
 CLEAN, CORRUPT = "clean", "corrupt"
 CORRUPT_STEM = "patterns_corrupt"
+SINK_HINT = 0.5          # mean attention on the first key above which the page suggests the sink colour range
 
 
 def has_corrupt(store, run: Run) -> bool:
@@ -86,6 +87,11 @@ def build(store, run: Run, stream: str, layer: int, head: int, index: int | None
     name = f"{stream} L{layer} H{head} · {run.input_label(index)}"
     opts = {"log": log, "skip_first": skip_first}
     out.pattern = pattern_figure(pattern, q, k, mel=mel, title=name, **opts)
+    first = float(column_mean(pattern)[0]) if pattern.shape[1] > 1 else 0.0
+    if first > SINK_HINT and not skip_first and not log:
+        out.messages.append(message(f"this head puts {first:.0%} of its attention on the first token (a sink): tick "
+                                    "'colour range without the first token' or the log scale to see the rest",
+                                    "info"))
     norms, note = attempt(store.value_norm, run.name, stream, layer, index, head, stem)
     if note is not None:
         out.messages.append(note)

@@ -74,6 +74,19 @@ def test_metric_tooltips_and_not_applicable(client):
     assert all(tips.values())
 
 
+def test_sink_heads_get_a_colour_hint(client, runs_dir):
+    from safetensors.numpy import load_file
+
+    pats = load_file(str(runs_dir / "smol" / "patterns.safetensors"))["pattern/self/0/0"].astype(float)
+    first = pats[:, :, 0].mean(1)                     # mean attention on the first key, per head
+    sink, other = int(np.argmax(first)), int(np.argmin(first))
+    assert first[sink] > 0.5 > first[other]
+    hint = "of its attention on the first token"
+    assert hint in texts(find(render(client, "/detail", f"?run=smol&layer=0&head={sink}&input=0"), "detail-message"))
+    assert hint not in texts(find(render(client, "/detail", f"?run=smol&layer=0&head={other}&input=0"),
+                                  "detail-message"))
+
+
 def test_metrics_that_do_not_apply_read_n_a():
     from workbench.app.components import metrics_table
 
