@@ -131,8 +131,7 @@ def head_stats_and_z(
                 s[..., c0:c1].masked_fill_(~allowed[..., c0:c1], MIN)
         n_keys = torch.full((b, r), n, dtype=torch.long, device=query.device) if allowed_b is None \
             else allowed_b.sum(-1)
-        smax = s.amax(-1)                                # [b, h, r] max over the real keys
-        max_pos = _argmax(s, smax)
+        smax, max_pos = _max_argmax(s)                   # [b, h, r] over the real keys
         s.sub_(smax[..., None])                          # t = s - max <= 0
         p = torch.softmax(s, -1)                         # over the real keys
         p_max = p.gather(-1, max_pos[..., None])[..., 0]  # = e^0 / sum_k e^t_k
@@ -141,7 +140,7 @@ def head_stats_and_z(
         lse_real = torch.where(empty, float("-inf"), smax + log_l)
         # c: the real keys' share of the row (a sink logit takes 1 - c); 0 for a row with no key
         c = (~empty).float().expand_as(smax) if sink is None else torch.sigmoid(lse_real - sink)
-        h_real = log_l - torch.linalg.vecdot(p, s)       # -sum p ln p = sum p (log l - t)
+        h_real = log_l - s.mul_(p).sum(-1)               # -sum p ln p = sum p (log l - t); s is spent
         part = dict(entropy=torch.where(empty, 0.0, c * h_real - torch.special.xlogy(c, c)), n_keys=n_keys,
                     max_pos=torch.where(empty, 0, max_pos + cols.start), max_prob=c * p_max)
         if lse:
@@ -185,18 +184,20 @@ def _allowed(mask, rows: slice, cols: slice, tq: int, tk: int, causal: bool, win
     return allowed
 
 
-def _argmax(s: torch.Tensor, smax: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """First argmax of the last dim given its max (``torch.argmax`` is ~100x slower than
-    ``amax`` on CPU): the first chunk of ``chunk`` columns that holds the max, then the
-    first column in it that equals it."""
+def _max_argmax(s: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max and first argmax of the last dim (``torch.argmax`` / ``max(dim)`` are many times
+    slower than ``amax`` on CPU): maxima of chunks of ``chunk`` columns, the first chunk
+    that holds the row's max, then the first column in it that equals it."""
     n = s.shape[-1]
     if n <= chunk:
-        return (s == smax[..., None]).to(torch.uint8).argmax(-1)
+        smax = s.amax(-1)
+        return smax, (s == smax[..., None]).to(torch.uint8).argmax(-1)
     full = n - n % chunk
     cm = s[..., :full].unflatten(-1, (full // chunk, chunk)).amax(-1)         # [.., n_chunks]
     if full < n:
         cm = torch.cat([cm, s[..., full:].amax(-1, keepdim=True)], -1)
+    smax = cm.amax(-1)
     c = (cm == smax[..., None]).to(torch.uint8).argmax(-1)                     # first chunk with the max
     idx = (c[..., None] * chunk + torch.arange(chunk, device=s.device)).clamp_max(n - 1)
     win = s.gather(-1, idx)
-    return c * chunk + (win == smax[..., None]).to(torch.uint8).argmax(-1)
+    return smax, c * chunk + (win == smax[..., None]).to(torch.uint8).argmax(-1)
