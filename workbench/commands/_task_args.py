@@ -130,7 +130,8 @@ def add_executor_args(p) -> None:
                    help="Ray cluster to join, e.g. auto or HEAD_IP:6379 (default: $RAY_ADDRESS, else a new "
                         "local Ray on this machine)")
     g.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="Ray actors (default: as many as the cluster's CPUs, or GPUs with --num-gpus-per-unit, fit)")
+                   help="Ray actors (default and at most: as many as the cluster's CPUs, or GPUs with "
+                        "--num-gpus-per-unit, fit)")
     g.add_argument("--num-gpus-per-unit", type=float, default=None, metavar="N",
                    help="GPUs each Ray actor asks for; it runs one unit at a time on them (fractions share a "
                         "GPU; default 0: CPU)")

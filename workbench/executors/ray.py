@@ -26,10 +26,14 @@ Resources: each actor asks Ray for ``cpus_per_worker`` CPUs (its torch threads) 
 ``num_gpus_per_unit`` GPUs (fractions share a GPU); with GPUs and no device in the spec the
 job is rebuilt on ``"cuda"``, the GPU Ray assigned it. ``address`` is passed to ``ray.init``
 (None: ``$RAY_ADDRESS`` or a new local cluster of this machine's CPUs); a process where Ray
-is already initialised uses that cluster.
+is already initialised uses that cluster. ``ray.init`` installs its own SIGTERM handler (exit
+at once); the executor puts the caller's back, so the CLI still stops cleanly (exit 143,
+finished units kept).
 """
 from __future__ import annotations
 
+import signal
+import threading
 from collections import deque
 
 from ..errors import UserError
@@ -60,8 +64,8 @@ class RayExecutor(ReportingExecutor):
             not needed for a job with its own ``spec()``.
         spec: the job's ``JobSpec`` (default: from the job, see ``spec.spec_of``).
         address: Ray cluster address (``ray.init(address=...)``).
-        workers: actors to start (default: as many as the cluster's CPUs, or GPUs with
-            ``num_gpus_per_unit``, fit; never more than the units).
+        workers: actors to start (default and at most: as many as the cluster's CPUs, or GPUs
+            with ``num_gpus_per_unit``, fit; never more than the units).
         num_gpus_per_unit: GPUs each actor (which runs one unit at a time) asks for.
         cpus_per_worker: CPUs each actor asks for (and its torch threads).
         max_retries: reruns of a failed unit before it is reported.
@@ -92,10 +96,15 @@ class RayExecutor(ReportingExecutor):
         """Initialise Ray (unless this process already has) and return the module."""
         ray = require_ray()
         if not ray.is_initialized():
+            main = threading.current_thread() is threading.main_thread()
+            previous = signal.getsignal(signal.SIGTERM) if main else None
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
             except ConnectionError as exc:
                 raise UserError(f"cannot reach the Ray cluster at {self.address}: {exc}") from None
+            finally:       # ray.init makes SIGTERM exit at once; keep the caller's (the CLI's: clean exit 143)
+                if previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
         return ray
 
     def _n_workers(self, ray, n_units: int) -> int:
@@ -105,7 +114,7 @@ class RayExecutor(ReportingExecutor):
         if fit < 1:
             raise UserError(f"the Ray cluster has {have.get(kind, 0):g} {kind}s, less than the {each:g} one "
                             "worker asks for; lower num_gpus_per_unit / cpus_per_worker or add nodes")
-        return max(1, min(self.workers or fit, n_units))
+        return max(1, min(self.workers or fit, fit, n_units))   # an actor that cannot start would hold its unit
 
     def _pool(self, ray) -> list:
         """This process's actors for this executor's resources (kept between sweeps, so a worker
