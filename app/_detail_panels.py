@@ -26,6 +26,7 @@ from .run import Run, RunError
 
 CLEAN, CORRUPT = "clean", "corrupt"
 CORRUPT_STEM = "patterns_corrupt"
+MAX_THUMB_VALUES = 64_000_000     # a whole site is read for the thumbnails: 6 x 1500^2 (Whisper 30 s) is 13.5M
 SINK_HINT = 0.5          # mean attention on the first key above which the page suggests the sink colour range
 
 
@@ -99,7 +100,12 @@ def build(store, run: Run, stream: str, layer: int, head: int, index: int | None
         out.value_weighted = pattern_figure(
             value_weighted(pattern, norms), q, k, mel=mel, quantity="weighted", **opts,
             title=f"value-weighted α‖f(x)‖ (Kobayashi et al. 2020), rows sum to 1 · {stream} L{layer} H{head}")
-    site, note = attempt(store.site_patterns, run.name, stream, layer, index, stem)
+    shape, note = attempt(store.site_shape, run.name, stream, layer, index, stem)
+    if shape is not None and int(np.prod(shape)) > MAX_THUMB_VALUES:
+        site, note = None, message(f"layer thumbnails are drawn for sites of at most {MAX_THUMB_VALUES:,} values "
+                                   f"(this one: {' x '.join(map(str, shape))}); open heads one by one", "info")
+    else:
+        site, note = attempt(store.site_patterns, run.name, stream, layer, index, stem)
     if note is not None:
         out.messages.append(note)
     elif site is not None:

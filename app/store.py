@@ -160,6 +160,20 @@ class RunStore:
             raise RunError(f"run {name!r}: {stem}.safetensors is unreadable "
                            f"({type(exc).__name__}: {self._clean(exc)})") from None
 
+    def site_shape(self, name: str, stream: str, layer: int, index: int,
+                   stem: str = "patterns") -> list[int] | None:
+        """Shape ``[head, query, key]`` of one saved site pattern (header only), or None."""
+        path = self.file(name, f"{stem}.safetensors")
+        if path is None:
+            return None
+        try:
+            return _tensors.tensor_shape(path, f"pattern/{stream}/{int(layer)}/{int(index)}")
+        except KeyError:
+            return None
+        except Exception as exc:
+            raise RunError(f"run {name!r}: {stem}.safetensors is unreadable "
+                           f"({type(exc).__name__}: {self._clean(exc)})") from None
+
     def value_norm(self, name: str, stream: str, layer: int, index: int, head: int,
                    stem: str = "patterns") -> np.ndarray | None:
         """``||v_j W_O[h]||`` per key ``[key]`` of one head (``value_norm/...`` saved beside

@@ -87,6 +87,18 @@ def test_sink_heads_get_a_colour_hint(client, runs_dir):
                                   "detail-message"))
 
 
+def test_large_sites_skip_the_thumbnails(client, monkeypatch):
+    from workbench.app import _detail_panels
+
+    page = render(client, "/detail", "?run=whisper-long&stream=encoder&layer=0&head=0")
+    assert len(find(page, "detail-thumbs")["props"]["figure"]["data"]) == 6         # 6 x 1500 x 1500: drawn
+    monkeypatch.setattr(_detail_panels, "MAX_THUMB_VALUES", 1_000_000)
+    page = render(client, "/detail", "?run=whisper-long&stream=encoder&layer=0&head=0")
+    assert find(page, "detail-thumbs-card")["props"]["style"] == {"display": "none"}
+    assert "6 x 1500 x 1500" in texts(find(page, "detail-message"))
+    assert find(page, "detail-graph")["props"]["figure"]["data"]                    # the head itself still is
+
+
 def test_metrics_that_do_not_apply_read_n_a():
     from workbench.app.components import metrics_table
 
