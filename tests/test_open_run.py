@@ -99,7 +99,7 @@ def test_bad_input_is_one_line(runs, tmp_path):
              (lambda: wb.open_run(newer), "newer than the 1 this workbench reads"),
              (lambda: wb.open_run(runs["run"], framework="jax"), "framework must be"),
              (lambda: wb.open_run(runs["run"]).head("self", 99, 0), "has no head self/99/0"),
-             (lambda: wb.open_run(runs["patch"]).pattern("self", 0), "saved no patterns"),
+             (lambda: wb.open_run(runs["prune"]).pattern("self", 0), "saved no patterns"),   # patch runs keep some
              (lambda: wb.open_run(runs["run"]).pattern("self", 0, input=7), "saved inputs are [0, 1]"),
              (lambda: wb.open_run(runs["run"]).table("nope"), "has no table 'nope'"),
              (lambda: wb.list_runs(tmp_path / "missing"), "is not a folder")]
