@@ -69,8 +69,35 @@ def _check_patching_ioi(text: str) -> None:
     assert "round trip equal: True True" in text
 
 
+def _check_retrieval_heads(text: str) -> None:
+    accuracy = float(_find(r"NIAH accuracy: ([\d.]+) over 2 tests", text))
+    n = int(_find(r"retrieval heads: (\d+) of 270 \(score > 0.1\)", text))
+    masked = float(_find(r"accuracy with the top 5 retrieval heads masked: ([\d.]+)", text))
+    random = float(_find(r"accuracy with 5 random heads masked: ([\d.]+)", text))
+    assert accuracy == 1.0                      # smollm2-135m finds this needle at both depths
+    assert 1 <= n <= 270 // 4                   # retrieval heads are a sparse set (Wu et al. 2024: < 5%)
+    assert masked < accuracy and masked <= random   # masking them hurts, more than masking random heads
+    hits, steps = map(int, re.search(r"needle token being emitted: (\d+) of (\d+)", text).groups())
+    assert steps >= 2 and hits >= steps - 1     # the top head copies, read from a plain forward
+    assert "round trip equal: True True" in text
+
+
+def _check_importance_pruning(text: str) -> None:
+    assert "the L2 norm of importance.michel is 1: True" in text
+    most = float(_find(r"removing one of the 5 most important heads: ([\d.]+) nats", text))
+    least = float(_find(r"removing one of the 5 least important heads: ([\d.]+) nats", text))
+    assert most > 5 * least                     # the gradient estimate ranks heads as ablation does
+    for f in ("10%", "20%"):
+        imp = float(_find(rf"with {f} of heads removed: importance order (-?[\d.]+)", text))
+        rnd = float(_find(rf"with {f} of heads removed: importance order -?[\d.]+, random order (-?[\d.]+)", text))
+        assert imp > rnd                        # Michel et al.: pruning by importance keeps the metric longer
+    assert "round trip equal: True True" in text
+    assert re.search(r"report: runs/notebook-05-report.html \((\d+\.\d) MiB\)", text)
+
+
 CHECKS = {"01_trace_heads": _check_trace_heads, "02_whisper_heads": _check_whisper_heads,
-          "03_patching_ioi": _check_patching_ioi}
+          "03_patching_ioi": _check_patching_ioi, "04_retrieval_heads": _check_retrieval_heads,
+          "05_importance_pruning": _check_importance_pruning}
 
 
 def test_notebooks_are_committed_without_outputs():
