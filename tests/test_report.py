@@ -136,6 +136,26 @@ def test_markdown_without_a_browser_for_kaleido_links_the_interactive_figures(ru
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n.md", "n_files"]
 
 
+def test_markdown_images_survive_a_kaleido_page_that_was_not_ready(runs, tmp_path, monkeypatch):
+    import plotly.io as pio
+
+    class JavascriptError(RuntimeError):          # kaleido's, seen on a loaded machine
+        pass
+
+    real, calls = pio.write_images, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise JavascriptError("ReferenceError: kaleido_scopes is not defined")
+        return real(*a, **k)
+
+    monkeypatch.setattr(pio, "write_images", flaky)
+    _report(runs["prune"], tmp_path / "k.md")
+    assert len(calls) == 2 and "![" in (tmp_path / "k.md").read_text()
+    assert list((tmp_path / "k_files").glob("*.png"))
+
+
 def test_every_analysis_of_workbench_run_has_a_method_note_with_a_citation():
     from workbench._report_content import NOTES
     from workbench.analyses import registry

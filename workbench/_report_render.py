@@ -22,6 +22,7 @@ from .schema import HEAD_KEYS, SCHEMA_VERSION, analysis_of
 
 GENERATOR = "workbench report"
 MAX_EXTRA_GRIDS = 3
+KALEIDO_ATTEMPTS = 3          # browser sessions tried for the Markdown report's PNGs
 
 
 def figures(rep: Report) -> list[tuple[str, object]]:
@@ -220,13 +221,20 @@ def write_images(figs: list[tuple[str, str, object]], folder) -> str | None:
         import plotly.io as pio
     except ImportError:
         return "kaleido is not installed (it is in the workbench's app extra)"
-    try:
-        pio.write_images([f for _, _, f in figs], [folder / f"{stem}.png" for stem, _, _ in figs], format="png",
-                         width=[_width(f) for _, _, f in figs], height=[_height(f) for _, _, f in figs])
-    except RuntimeError as exc:
-        if "chrome" not in str(exc).lower():
+    for attempt in range(1, KALEIDO_ATTEMPTS + 1):
+        try:
+            pio.write_images([f for _, _, f in figs], [folder / f"{stem}.png" for stem, _, _ in figs],
+                             format="png", width=[_width(f) for _, _, f in figs],
+                             height=[_height(f) for _, _, f in figs])
+            return None
+        except RuntimeError as exc:
+            # kaleido's page script not loaded yet when the figure is sent (seen on a loaded machine):
+            # JavascriptError "kaleido_scopes is not defined"; a fresh browser session draws it
+            if type(exc).__name__ == "JavascriptError" and attempt < KALEIDO_ATTEMPTS:
+                continue
+            if type(exc).__name__ != "JavascriptError" and "chrome" in str(exc).lower():
+                return "kaleido found no Chrome or Chromium to draw them (install chromium)"
             raise
-        return "kaleido found no Chrome or Chromium to draw them (install chromium)"
     return None
 
 
