@@ -94,3 +94,29 @@ def test_metric_menu_options_carry_a_definition_with_its_source():
     titles = {o["value"]: o["title"] for o in metric_options(heads)}
     assert "nats" in titles["entropy.mean_nats"] and "Zhai et al. 2023" in titles["entropy.mean_nats"]
     assert "Nanda 2023" in titles["patch.effect"] and titles["custom.x"] == "custom.x"
+
+
+@pytest.mark.timeout(1200)
+def test_html_reports_of_real_runs_render_offline(real_runs_dir, browser, tmp_path):
+    """Reports of real workbench run / patch folders (smollm2-135m, whisper-tiny.en, an IOI patch
+    run): every figure drawn by the inlined plotly.js, a row per head, no console error."""
+    from workbench.run_folder import open_run
+
+    for name in ("smollm2", "whisper", "smollm2-ioi"):
+        out = tmp_path / f"{name}.html"
+        assert main(["report", str(real_runs_dir / name), "--out", str(out)]) == 0
+        console_errors(browser)
+        browser.get(out.as_uri())
+        wait(browser, lambda d: d.execute_script(_DRAWN) and all(d.execute_script(_DRAWN)), 60, f"{name} figures")
+        titles = browser.execute_script(
+            "return Array.from(document.querySelectorAll('div.figure')).map(d => d.dataset.title);")
+        rows = browser.execute_script("return document.querySelectorAll('#ranked-heads tbody tr').length;")
+        assert rows == len(open_run(real_runs_dir / name).heads)
+        assert len(titles) >= 2, titles
+        if name == "whisper":
+            assert any(t.startswith("word alignment, input 0") for t in titles), titles
+        if name == "smollm2-ioi":
+            assert titles[0].startswith("patching heatmap"), titles
+        assert console_errors(browser) == []
+        assert [u for u in browser.execute_script(_FETCHED) if not u.startswith("file:")] == []
+        shot(browser, f"report-real-{name}")
