@@ -311,3 +311,16 @@ def test_smollm2_equals_the_projection_hook_oracle(builtin, node, units):
     for method in ("exact", "naive"):
         res = patch(model, task.clean, met, corrupt=task.corrupt, heads=units, node=node, method=method)
         torch.testing.assert_close(res.per_input, want, atol=1e-4, rtol=0, msg=lambda s: f"{method}: {s}")
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gpt_neox", "qwen3", "bert", "whisper"])
+def test_key_node_fast_equals_naive_other_families(tiny, family):
+    """The k node on families whose attention differs: Gemma 2 (soft-capping: the eager function),
+    GPT-NeoX (partial rotary), Qwen3 (q/k norms), BERT (encoder), Whisper (cross-attention keys
+    from the encoder). Every unit, fast path == naive loop, and some unit moves the metric."""
+    m, clean, corrupt, met, _ = tiny(family)
+    naive = patch(m, clean, met, corrupt=corrupt, node="k", method="naive")
+    fast = patch(m, clean, met, corrupt=corrupt, node="k", method="exact")
+    assert naive.per_input.abs().max() > 1e-4
+    assert len(fast.heads) == sum(s.n_kv_heads for s in m.sites)
+    torch.testing.assert_close(fast.per_input, naive.per_input, atol=TOL, rtol=0)
