@@ -2,11 +2,13 @@
 computation from the HF weights: the v projection's output for each key, sliced to the head's
 KV head, times that head's slice of the output projection (Kobayashi et al. 2020's
 ``||f_h(x_j)||``), for a separate-projection GQA model (SmolLM2, real weights), GPT-2's fused
-Conv1D and Whisper's cross-attention (keys: encoder states)."""
+Conv1D, GPT-NeoX's fused-per-head projection and Whisper's cross-attention (keys: encoder
+states); every other family gives one positive norm per head and real key."""
 from __future__ import annotations
 
+import pytest
 import torch
-from tiny import tiny_batch, tiny_hf
+from tiny import FAMILIES, tiny_batch, tiny_hf
 
 import workbench as wb
 from workbench._value_norms import value_norm_key, value_norms
@@ -73,3 +75,31 @@ def test_whisper_cross_attention_value_norms_read_encoder_states():
             assert have.shape == (ca.num_heads, enc.shape[1])
             torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-5)
     assert {k.split("/")[1] for k in got} == {"encoder", "decoder", "cross"}
+
+
+def test_gpt_neox_fused_per_head_value_norms():
+    hf = tiny_hf("gpt_neox")
+    model = wb.wrap(hf)
+    batch = tiny_batch("gpt_neox", hf)
+    got = value_norms(model, batch)
+    with torch.no_grad():
+        hs = hf(**batch.model_inputs, output_hidden_states=True).hidden_states
+        for layer in range(2):
+            block = hf.gpt_neox.layers[layer]
+            qkv = block.attention.query_key_value(block.input_layernorm(hs[layer]))     # [.., head * (q|k|v) * d]
+            v = qkv.reshape(2, 11, 4, 3, 8)[:, :, :, 2].reshape(2, 11, 32)
+            want = _hand(v[0], block.attention.dense.weight, 4, 4)
+            torch.testing.assert_close(got[value_norm_key("self", layer, 0)], want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in ("gpt2", "gpt_neox", "whisper")])
+def test_every_family_gives_one_norm_per_head_and_real_key(family):
+    hf = tiny_hf(family)
+    model = wb.wrap(hf)
+    batch = tiny_batch(family, hf)
+    got = value_norms(model, batch)
+    for site in model.sites:
+        n = got[value_norm_key(site.stream, site.layer, 1)]
+        mask = batch.query_mask.get("self")
+        assert n.shape == (site.n_heads, int(mask[1].sum()) if mask is not None else n.shape[1])
+        assert torch.isfinite(n).all() and (n > 0).all()
