@@ -91,8 +91,10 @@ def alignment(run, index: int = 0, k: int = 3) -> tuple[str, object] | None:
     site = {layer: files["patterns"][pattern_key("cross", layer, index)].load().astype(np.float32)
             for layer in layers}                                        # [head, token, frame] each
     if "alignment.score" in cross.columns and cross["alignment.score"].notna().any():
-        scores, how = {(int(r.layer), int(r.head)): float(getattr(r, "_score")) for r in cross.rename(
-            columns={"alignment.score": "_score"}).dropna(subset=["_score"]).itertuples()}, "alignment.score"
+        scored = cross.dropna(subset=["alignment.score"])
+        scores = {(int(layer), int(h)): float(v) for layer, h, v in
+                  zip(scored["layer"], scored["head"], scored["alignment.score"])}
+        how = "alignment.score"
     else:
         scores = {(layer, h): al.alignment_score(site[layer][h], tokens) for layer in layers
                   for h in range(site[layer].shape[0])}

@@ -120,3 +120,25 @@ def test_html_reports_of_real_runs_render_offline(real_runs_dir, browser, tmp_pa
         assert console_errors(browser) == []
         assert [u for u in browser.execute_script(_FETCHED) if not u.startswith("file:")] == []
         shot(browser, f"report-real-{name}")
+
+
+def test_report_alignment_uses_the_alignment_analysis_ranking(runs_dir, tmp_path):
+    """With ``alignment.score`` in the head table, the word alignment averages its 3 best cross
+    heads (not the peak x monotonicity fallback)."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    from workbench._report_render import alignment
+    from workbench.run_folder import open_run
+
+    run = shutil.copytree(runs_dir / "whisper", tmp_path / "whisper")
+    heads = pd.read_parquet(run / "heads.parquet")
+    score = np.where(heads["stream"] == "cross", 0.1, np.nan)
+    for rank, (layer, head) in enumerate([(1, 2), (3, 0), (0, 5)]):
+        score[((heads["stream"] == "cross") & (heads["layer"] == layer) & (heads["head"] == head)).to_numpy()] = 0.9 - rank / 10
+    heads.assign(**{"alignment.score": score}).to_parquet(run / "heads.parquet", index=False)
+    title, fig = alignment(open_run(run))
+    assert title == "word alignment, input 0: cross heads L1H2, L3H0, L0H5 (best by alignment.score)"
+    assert fig.layout.title.text == title
