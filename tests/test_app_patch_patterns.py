@@ -36,3 +36,23 @@ def test_patch_run_keeps_clean_and_corrupt_patterns(runs):
                 np.testing.assert_allclose(got.astype(np.float32), want[layer][0].numpy(), atol=2e-3)
                 assert saved[f"value_norm/self/{layer}/0"].shape == (4, 4)
     assert "pattern/self/0/1" in corrupt_t and "pattern/self/0/2" not in corrupt_t    # 2 pairs kept
+
+
+def test_patch_patterns_respect_a_size_limit(monkeypatch):
+    import workbench as wb
+    from workbench import _patch_patterns
+    from workbench.tasks._task import Task
+    model = wb.wrap(tiny_hf("llama"))
+    batch = model.prepare(token_ids=[[5, 6, 7, 8, 9], [5, 6, 10, 8]])
+    task = Task("t", batch, batch, metric=None)
+    meta: dict = {"inputs": {}}
+    assert set(_patch_patterns.prompt_patterns(model, task, meta)) == {"patterns", "patterns_corrupt"}
+    assert "patterns_note" not in meta["inputs"]
+    from workbench._budget import pattern_bytes
+
+    monkeypatch.setattr(_patch_patterns, "MAX_BYTES", pattern_bytes(model, batch, 1))   # room for one pair
+    out = _patch_patterns.prompt_patterns(model, task, meta)
+    assert {int(k.rsplit("/", 1)[1]) for k in out["patterns"]} == {0} and len(meta["inputs"]["corrupt_items"]) == 1
+    assert "1 pair(s)" in meta["inputs"]["patterns_note"]
+    monkeypatch.setattr(_patch_patterns, "MAX_BYTES", 1)
+    assert _patch_patterns.prompt_patterns(model, task, meta) == {}

@@ -12,15 +12,25 @@ a few prompts are what a researcher opens, and the file stays small.
 from __future__ import annotations
 
 PAIRS = 2
+MAX_BYTES = 256 * 2**20     # capture + kept patterns of one side; fewer pairs (or none) above it
 
 
 def prompt_patterns(model, task, meta: dict, pairs: int = PAIRS) -> dict:
     """``{"patterns": {...}, "patterns_corrupt": {...}}`` for the first ``pairs`` pairs of
     ``task`` (no ``patterns_corrupt`` for a task without corrupt inputs); adds
-    ``corrupt_items`` (index, text, tokens of those corrupt inputs) to ``meta["inputs"]``."""
+    ``corrupt_items`` (index, text, tokens of those corrupt inputs) to ``meta["inputs"]``.
+    Keeps fewer pairs when their patterns would take more than ``MAX_BYTES`` (long prompts on
+    a large model; ``_budget.pattern_bytes``), none when even one would, and says so in
+    ``meta["inputs"]["patterns_note"]``."""
+    from ._budget import pattern_bytes
     from .job import kept_patterns
 
     n = min(pairs, len(task.clean))
+    while n and max(pattern_bytes(model, b, n) for b in (task.clean, task.corrupt) if b is not None) > MAX_BYTES:
+        n -= 1
+    if n < min(pairs, len(task.clean)):
+        meta.setdefault("inputs", {})["patterns_note"] = (
+            f"patterns kept for {n} pair(s): more would take over {MAX_BYTES // 2**20} MiB")
     out = {"patterns": kept_patterns(model, task.clean, n)}
     if task.corrupt is not None and n:
         out["patterns_corrupt"] = kept_patterns(model, task.corrupt, n)
