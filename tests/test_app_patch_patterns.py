@@ -13,6 +13,11 @@ from real_runs import real_runs
 from safetensors.numpy import load_file
 from tiny import tiny_hf
 
+import workbench as wb
+from workbench import _patch_patterns
+from workbench._budget import pattern_bytes
+from workbench.tasks._task import Task
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -39,17 +44,12 @@ def test_patch_run_keeps_clean_and_corrupt_patterns(runs):
 
 
 def test_patch_patterns_respect_a_size_limit(monkeypatch):
-    import workbench as wb
-    from workbench import _patch_patterns
-    from workbench.tasks._task import Task
     model = wb.wrap(tiny_hf("llama"))
     batch = model.prepare(token_ids=[[5, 6, 7, 8, 9], [5, 6, 10, 8]])
     task = Task("t", batch, batch, metric=None)
     meta: dict = {"inputs": {}}
     assert set(_patch_patterns.prompt_patterns(model, task, meta)) == {"patterns", "patterns_corrupt"}
     assert "patterns_note" not in meta["inputs"]
-    from workbench._budget import pattern_bytes
-
     monkeypatch.setattr(_patch_patterns, "MAX_BYTES", pattern_bytes(model, batch, 1))   # room for one pair
     out = _patch_patterns.prompt_patterns(model, task, meta)
     assert {int(k.rsplit("/", 1)[1]) for k in out["patterns"]} == {0} and len(meta["inputs"]["corrupt_items"]) == 1
