@@ -52,9 +52,10 @@ def figures(rep: Report) -> list[tuple[str, object]]:
         out.append((f"head grid: {c}", head_grid_figure(heads, c, meta=meta)))
     if "prune_curve" in run.tables:
         out.append(("pruning curve", prune_curve_figure(run.table("prune_curve"))))
-    if "flow" in run.tables:
-        flow = run.table("flow")
-        quantity = next((q for q in ("rollout", "flow", "attention") if q in flow.columns), None)
+    table = next((t for t in ("flow", "rollout") if t in run.tables), None)   # flow's table, else rollout's
+    if table is not None:
+        flow = run.table(table)
+        quantity = next((q for q in (table, "rollout", "flow", "attention") if q in flow.columns), None)
         if quantity is not None and len(flow):
             first = flow.iloc[0]
             values, tokens, layers = flow_matrix(flow, str(first["stream"]), int(first["input"]), quantity)

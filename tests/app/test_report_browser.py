@@ -142,3 +142,25 @@ def test_report_alignment_uses_the_alignment_analysis_ranking(runs_dir, tmp_path
     title, fig = alignment(open_run(run))
     assert title == "word alignment, input 0: cross heads L1H2, L3H0, L0H5 (best by alignment.score)"
     assert fig.layout.title.text == title
+
+
+def test_report_draws_the_rollout_table_when_the_run_has_no_flow_table(runs_dir, tmp_path):
+    """A Whisper run of the demo writes rollout.parquet (rollout analysis), no flow.parquet."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    from workbench._report_content import build
+    from workbench._report_render import figures
+    from workbench.run_folder import open_run
+
+    run = shutil.copytree(runs_dir / "whisper", tmp_path / "whisper")
+    rng = np.random.default_rng(0)
+    rows = [{"input": 0, "stream": "encoder", "layer": layer, "position": p, "token": f"frame {p}",
+             "raw": 0.0, "rollout": float(rng.uniform())} for layer in range(4) for p in range(7)]
+    pd.DataFrame(rows).to_parquet(run / "rollout.parquet", index=False)
+    figs = dict(figures(build(open_run(run))))
+    z = np.asarray(figs["rollout per layer, input 0"].data[0].z, dtype=float)
+    want = pd.DataFrame(rows).pivot(index="layer", columns="position", values="rollout").to_numpy()
+    np.testing.assert_allclose(z, want)
