@@ -238,14 +238,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--text-run")
     ap.add_argument("--audio-run")
     ap.add_argument("--long-run", help="run with a 30 s clip")
+    ap.add_argument("--patch-run")
+    ap.add_argument("--prune-run")
+    ap.add_argument("--circuit-run")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=50, help="requests per client")
     ap.add_argument("--time-limit", type=float, default=300.0, help="seconds for the whole test")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     args = ap.parse_args(argv)
     runs = dict(REAL if args.real else SYNTH)
-    runs.update({k: v for k, v in (("text", args.text_run), ("audio", args.audio_run), ("long", args.long_run))
-                 if v})
+    runs.update({k: v for k, v in (("text", args.text_run), ("audio", args.audio_run), ("long", args.long_run),
+                                   ("patch", args.patch_run), ("prune", args.prune_run),
+                                   ("circuit", args.circuit_run)) if v})
     if args.real:
         for name, s in build_real_runs(args.real).items():
             print(f"built {name} in {s:.0f} s")
