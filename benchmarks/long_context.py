@@ -1,7 +1,7 @@
 """Long context on CPU (issue 12 part 5; run by hand, prints two tables).
 
     python benchmarks/long_context.py [--niah 4096,8192] [--depths 0.5] [--tiny 4096,8192,16384,32768]
-                                      [--no-before] [--skip-niah] [--skip-tiny]
+                                      [--tiny-runs plain,stats,stats-mmap] [--no-before] [--skip-niah] [--skip-tiny]
 
 (a) Needle in a haystack on smollm2-135m (context window 8192) at each ``--niah`` length
 (8192 is cut to 8192 - 16 so that the 16 decoded tokens fit the window): the retrieval
@@ -25,6 +25,40 @@ threshold rises to the size of the 4 MiB probability blocks once one is freed, s
 blocks come from the heap, which fragments and is not given back (RSS then grows about
 with T^2 although no live tensor does), and with ``MALLOC_MMAP_THRESHOLD_=131072`` (the
 threshold fixed, every block mmapped and returned when freed).
+
+Measured 2026-12-01, 2 CPU threads with the load average at 20-40 from other jobs (times are
+inflated several-fold and only comparable within a row group; RSS is not affected):
+
+    (a) smollm2-135m NIAH, needle 0 at depth 0.5, 16 new tokens at most, mask_k=0
+    prompt tokens  path                                seconds  maxrss MiB  added MiB
+       4002        streaming (SDPA prefill + rows)       215.3       1310        726
+       8174        streaming (SDPA prefill + rows)       748.1       2080       1497
+       4002        before: Stats prefill (blocked)      killed after 42 min (load ~35)
+    both retrieved " Tobias Copperfield."; heads with score > 0.1: 13 at 4K, 14 at 8K;
+    top at 4K: 23/7, 18/7, 23/2 (1.00), 17/4, 17/3, 20/6 (0.75); at 8K: 23/7, 23/2 (1.00),
+    18/8, 18/7, 17/3, 20/6, 23/8 (0.75). Added RSS 183 MiB per 1K prompt tokens at both
+    lengths (linear; the KV cache itself is 45 KiB per token, the rest is the prefill's
+    activations and allocator slack).
+
+    (b) tiny random Llama, one forward of T tokens (logits of the last position only)
+        T  run                          seconds  maxrss MiB  added MiB  added MiB / 1K tok
+     4096  plain                            3.6        483         20        4.98
+     8192  plain                           22.4        494         31        3.82
+    16384  plain                           22.1        536         72        4.51
+    32768  plain                           70.8        608        144        4.49
+     4096  stats                          142.5        896        433      108.14
+     8192  stats                          718.1       3222       2758      344.76
+     4096  stats, mmap threshold 128K     259.3        493         29        7.26
+     8192  stats, mmap threshold 128K     596.9        544         81       10.09
+    16384 / 32768 stats: not run (at this load about 40 and 160 min each).
+
+The plain forward is linear in T to 32K. The statistics trace is not, for two reasons in
+``workbench.cuda.stats.naive.head_stats``: with glibc's default malloc the freed 4 MiB
+probability blocks are not returned (433 -> 2758 MiB from 4K to 8K), and even with the
+threshold fixed each block's ``col_sum`` [batch, head, T] and ``col_count`` [batch, T] are
+kept in ``parts`` until the end, (T / rows per block) x T floats: 29 -> 81 MiB here, and
+about 0.3 GiB at 16K and 2.6 GiB at 32K for this model (summing them block by block as they
+come, in the same order, keeps the result bit for bit and the memory linear).
 """
 from __future__ import annotations
 
@@ -143,10 +177,14 @@ def niah(lengths, depths: str, before: bool) -> None:
                       + ", ".join(f"{t['head']}={t['score']:.2f}" for t in r["top"]), flush=True)
 
 
-def tiny(ts) -> None:
+TINY_RUNS = {"plain": ("plain", None), "stats": ("stats", None), "stats-mmap": ("stats", MMAP)}
+TINY_NAMES = {"plain": "plain", "stats": "stats", "stats-mmap": "stats, mmap threshold 128K"}
+
+
+def tiny(ts, which=tuple(TINY_RUNS)) -> None:
     print("\n(b) tiny random Llama (2 layers x 4 heads, d_model 64, max positions 65536), CPU, fresh process per row")
     print(f"{'T':>7} {'run':<26}{'seconds':>9}{'maxrss MiB':>12}{'added MiB':>11}{'added MiB / 1K tok':>20}")
-    runs = (("plain", "plain", None), ("stats", "stats", None), ("stats, mmap threshold 128K", "stats", MMAP))
+    runs = [(TINY_NAMES[w], *TINY_RUNS[w]) for w in which]
     for t in ts:
         for name, mode, env in runs:
             r = _child(TINY_CHILD, t, mode, env=env)
@@ -163,6 +201,7 @@ def main() -> None:
     ap.add_argument("--niah", default="4096,8192")
     ap.add_argument("--depths", default="0.5")
     ap.add_argument("--tiny", default="4096,8192,16384,32768")
+    ap.add_argument("--tiny-runs", default="plain,stats,stats-mmap", help="any of plain, stats, stats-mmap")
     ap.add_argument("--no-before", action="store_true")
     ap.add_argument("--skip-niah", action="store_true")
     ap.add_argument("--skip-tiny", action="store_true")
@@ -171,7 +210,7 @@ def main() -> None:
 
     print(f"torch threads = {torch.get_num_threads()}")
     if not args.skip_tiny:
-        tiny([int(x) for x in args.tiny.split(",")])
+        tiny([int(x) for x in args.tiny.split(",")], args.tiny_runs.split(","))
     if not args.skip_niah:
         niah([int(x) for x in args.niah.split(",")], args.depths, not args.no_before)
 
