@@ -13,8 +13,10 @@ grid with its ranked list, the head detail with the layer's thumbnails, the valu
 pattern and the token view, a 1500-frame Whisper encoder head, the cross-attention head, the
 alignment view, the patching page with its task panel, a patch run's corrupt prompt in the
 head detail, the circuits page), the detail redraw in log scale without the first token, a
-grid click, a CSV download, the HTML report and the audio file. Every request has a timeout and the whole test has a wall-clock limit.
-Prints p50 / p95 / max latency per kind and overall, and exits 1 if any request failed.
+grid click, a metric switch on the grid, the word alignment with chosen heads, a CSV download,
+the HTML and Markdown reports and the audio file. Every request has a timeout and the whole
+test has a wall-clock limit. Prints p50 / p95 / max latency per kind and overall, and exits 1
+if any request failed.
 
 ``--real DIR`` builds (once; existing folders are reused) the runs of ``make demo`` with the
 CLI, on a 30-layer model and a 30 s clip: ``smollm2-135m`` (8 natural prompts x 64 tokens, the
@@ -81,6 +83,7 @@ def request_mix(runs: dict, deps: list | None = None) -> list[tuple]:
         ("export", *page("/export", f"?run={text}")),
         ("csv download", "GET", f"/download/{text}/heads.csv", None),
         ("html report", "GET", f"/download/{patch}/report.html", None),
+        ("md report", "GET", f"/download/{patch}/report.md", None),
         ("wav audio", "GET", f"/media/{long_}/audio/0.wav", None),
     ]
     if circuit:
@@ -94,6 +97,13 @@ def request_mix(runs: dict, deps: list | None = None) -> list[tuple]:
             mix.insert(5, ("detail log scale", "POST", "/_dash-update-component", body))
         except (ImportError, KeyError):
             pass
+        more = [("grid metric", "grid-heatmap.figure", ["entropy.mean_norm", None, None], [text, {"run": text}]),
+                ("flow align heads", "flow-align-graph.figure", [0, ["2/1", "3/3"]], [long_, {"run": long_}])]
+        for kind, first_output, inputs, state in more:
+            try:
+                mix.append((kind, "POST", "/_dash-update-component", callback_body(deps, first_output, inputs, state)))
+            except KeyError:
+                pass
     return mix
 
 
