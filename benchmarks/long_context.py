@@ -37,8 +37,9 @@ inflated several-fold and only comparable within a row group; RSS is not affecte
     both retrieved " Tobias Copperfield."; heads with score > 0.1: 13 at 4K, 14 at 8K;
     top at 4K: 23/7, 18/7, 23/2 (1.00), 17/4, 17/3, 20/6 (0.75); at 8K: 23/7, 23/2 (1.00),
     18/8, 18/7, 17/3, 20/6, 23/8 (0.75). Added RSS 183 MiB per 1K prompt tokens at both
-    lengths (linear; the KV cache itself is 45 KiB per token, the rest is the prefill's
-    activations and allocator slack).
+    lengths (linear). The KV cache itself is 45 KiB per token; the rest is not allocator
+    slack (the 4K greedy decode alone with MALLOC_MMAP_THRESHOLD_=131072 added 722 MiB) and
+    is not broken down here (SDPA prefill activations are the likely holder).
 
     (b) tiny random Llama, one forward of T tokens (logits of the last position only)
         T  run                          seconds  maxrss MiB  added MiB  added MiB / 1K tok
