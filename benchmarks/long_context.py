@@ -39,7 +39,8 @@ inflated several-fold and only comparable within a row group; RSS is not affecte
     18/8, 18/7, 17/3, 20/6, 23/8 (0.75). Added RSS 183 MiB per 1K prompt tokens at both
     lengths (linear). The KV cache itself is 45 KiB per token; the rest is not allocator
     slack (the 4K greedy decode alone with MALLOC_MMAP_THRESHOLD_=131072 added 722 MiB) and
-    is not broken down here (SDPA prefill activations are the likely holder).
+    not the workbench: one plain HF SDPA forward of 4000 tokens on an unwrapped copy
+    (use_cache, logits_to_keep=1) added 784 MiB. It is HF's own prefill.
 
     (b) tiny random Llama, one forward of T tokens (logits of the last position only)
         T  run                          seconds  maxrss MiB  added MiB  added MiB / 1K tok
