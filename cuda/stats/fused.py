@@ -112,10 +112,15 @@ def head_stats_and_z(
     z = torch.empty(b, tq, h, dv, dtype=value.dtype, device=query.device)
     sink = None if sinks is None else sinks.float().view(1, h, 1)
     parts = []
-    for rows, cols in trimmed_blocks(lo, hi, b * h * 4, block_bytes):
+    blocks = trimmed_blocks(lo, hi, b * h * 4, block_bytes)
+    # scores and probabilities of every block live in two buffers allocated once per call: blocks
+    # of varying widths would otherwise fragment the allocator's heap (peak RSS far above use)
+    work = torch.empty(2, max(b * h * (r.stop - r.start) * (c.stop - c.start) for r, c in blocks), **f32)
+    for rows, cols in blocks:
         r, n = rows.stop - rows.start, cols.stop - cols.start
         qb = (query[:, :, rows].float() * scaling).reshape(b * kvh, g * r, d)
-        s = torch.bmm(qb, k32[:, :, cols].reshape(b * kvh, n, d).transpose(1, 2)).view(b, h, r, n)
+        s = torch.bmm(qb, k32[:, :, cols].reshape(b * kvh, n, d).transpose(1, 2),
+                      out=work[0, :b * h * r * n].view(b * kvh, g * r, n)).view(b, h, r, n)
         allowed = _allowed(attention_mask, rows, cols, tq, tk, causal, sliding_window, query.device)
         if softcap is not None:                          # Gemma 2: cap the scores, then mask
             s.div_(softcap).tanh_().mul_(softcap)
@@ -133,7 +138,7 @@ def head_stats_and_z(
             else allowed_b.sum(-1)
         smax, max_pos = _max_argmax(s)                   # [b, h, r] over the real keys
         s.sub_(smax[..., None])                          # t = s - max <= 0
-        p = torch.softmax(s, -1)                         # over the real keys
+        p = torch.ops.aten._softmax.out(s, -1, False, out=work[1, :b * h * r * n].view(b, h, r, n))   # real keys
         p_max = p.gather(-1, max_pos[..., None])[..., 0]  # = e^0 / sum_k e^t_k
         log_l = -torch.log(p_max)                        # l = sum_k e^(s_k - max)
         empty = (n_keys == 0)[:, None]                   # [b, 1, r]: rows that see no key
