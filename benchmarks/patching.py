@@ -17,9 +17,17 @@ all positions, metric = logit(IO) - logit(S) at the last token):
   |effect|, recall of the exact top 20 among its top 20, how many of the exact top 20 are in
   the AtP* top K ("found"), and the time budget AtP* + K / n_heads x exact.
 
-Run by hand:  python benchmarks/patching.py [--n 8] [--corruption s2|abc|both] [--reps 2]
-[--skip-naive] [--skip-lens] [--verify-k 20,40] [--verify-sample 20]
-Prints a table per corruption; ``--json FILE`` also writes the figures.
+q, k, v nodes (``--nodes z,q,k``; ``workbench.patching.nodes``): the same rows for patching a
+head's query (270 query heads) or key / value input (90 key/value heads: smollm2 has 3 KV heads
+per layer), plus "AtP + QK fix" (AtP*'s exact softmax for the patched q/k, without GradDrop;
+computed in the AtP* run, so no time of its own). The TransformerLens loop runs for z only.
+For ``atp*`` rows the Spearman is of the AtP* magnitude against exact |effect|; ``rho e`` (the
+signed Spearman) is given for the signed estimates. For verified AtP*, the exact top-20 units
+not in the AtP* top K are listed with their exact rank, AtP* rank and plain-AtP rank.
+
+Run by hand:  python benchmarks/patching.py [--n 8] [--corruption s2|abc|both] [--nodes z,q,k]
+[--loop-nodes z] [--reps 2] [--skip-naive] [--skip-lens] [--verify-k 20,40] [--verify-sample 20]
+Prints a table per corruption and node; ``--json FILE`` also writes the figures.
 """
 from __future__ import annotations
 
@@ -81,10 +89,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8, help="IOI prompt pairs (default 8)")
     ap.add_argument("--template", type=int, default=0, help="IOI template index (one template: no padding)")
-    ap.add_argument("--corruption", default="s2", choices=("s2", "abc", "both"),
-                    help="IOI corruption: s2 (one token differs), abc (names differ from position 1) or both")
+    ap.add_argument("--corruption", default="s2",
+                    help="IOI corruption: s2 (one token differs), abc (names differ from position 1), both, or a "
+                         "comma-separated order (abc,s2)")
     ap.add_argument("--verify-k", default="20,40", help="K values of verified AtP* (comma-separated; '' for none)")
     ap.add_argument("--verify-sample", type=int, default=20, help="verified AtP*: random other heads patched")
+    ap.add_argument("--nodes", default="z,q,k", help="nodes to patch, comma-separated from z, q, k, v (default z,q,k)")
+    ap.add_argument("--loop-heads", type=int, default=0,
+                    help="naive and TransformerLens loops on this many units spread evenly over the model "
+                         "(0: all); their time is extrapolated to every unit and max |diff| is over those units")
+    ap.add_argument("--skip-rank", action="store_true", help="no fast exact (update=rank) row")
+    ap.add_argument("--lean", action="store_true",
+                    help="only the exact sweep and AtP* run (for a loaded machine): the AtP row is AtP*'s signed "
+                         "AtP, and verified AtP* at each K is derived (AtP* top K given their exact effects, "
+                         "no sample), so those rows have no time of their own")
+    ap.add_argument("--loop-nodes", default="z,q,k,v",
+                    help="nodes for which the naive (and, for z, TransformerLens) loops run (default all)")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--skip-lens", action="store_true")
     ap.add_argument("--reps", type=int, default=1, help="repetitions, round robin; the fastest is reported")
@@ -95,15 +115,19 @@ def main(argv=None) -> int:
 
     model = wb.load("smollm2-135m")
     figures = {}
-    for corruption in (("s2", "abc") if args.corruption == "both" else (args.corruption,)):
-        figures[corruption] = one_task(model, corruption, args)
+    order = ("s2", "abc") if args.corruption == "both" else tuple(args.corruption.split(","))
+    if not set(order) <= {"s2", "abc"}:
+        ap.error(f"--corruption {args.corruption}: use s2, abc, both or a comma-separated list of them")
+    for corruption in order:
+        for node in [x.strip() for x in args.nodes.split(",") if x.strip()]:
+            figures[f"{corruption}/{node}"] = one_task(model, corruption, args, node)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=1)
     return 0
 
 
-def one_task(model, corruption: str, args) -> dict:
+def one_task(model, corruption: str, args, node: str = "z") -> dict:
     from workbench import tasks
     from workbench.patching import patch, verified_patch
 
@@ -111,23 +135,40 @@ def one_task(model, corruption: str, args) -> dict:
                      corruption=corruption)
 
     def ours(method, **kw):
-        return lambda: patch(model, task.clean, task.metric, corrupt=task.corrupt, method=method, **kw)
+        return lambda: patch(model, task.clean, task.metric, corrupt=task.corrupt, method=method, node=node, **kw)
 
-    runners = {"fast exact (update=z)": ours("exact"), "fast exact (update=rank)": ours("exact", update="rank")}
-    if not args.skip_naive:
-        runners["naive loop (Model.run per head)"] = ours("naive")
+    from workbench.patching.nodes import units
+
+    runners = {"fast exact (update=z)": ours("exact")}
+    if not args.skip_rank:
+        runners["fast exact (update=rank)"] = ours("exact", update="rank")
+    every = units(model, node)
+    sub = every if args.loop_heads <= 0 else every[::max(1, len(every) // args.loop_heads)][:args.loop_heads]
+    sub_rows = torch.tensor([every.index(h) for h in sub])
+    scale = len(every) / len(sub)                    # loop times are extrapolated to every unit
+    loops = node in args.loop_nodes.split(",")
+    if not args.skip_naive and loops:
+        runners["naive loop (Model.run per head)"] = ours("naive", heads=sub)
     notes = []
-    if not args.skip_lens:
+    if len(sub) < len(every) and loops:
+        notes.append(f"naive / TransformerLens loops: {len(sub)} of {len(every)} units (every "
+                     f"{len(every) // len(sub)}th), time x {scale:.1f} to all units, max |diff| over those units")
+    if not args.skip_lens and node == "z" and loops:
         try:
-            runners["TransformerLens bridge loop"] = lens_runner(model, task, model.heads())
+            runners["TransformerLens bridge loop"] = lens_runner(model, task, sub)
         except ImportError as exc:
             notes.append(f"TransformerLens loop skipped: {exc.name} is not installed (pip install transformer-lens)")
-    runners["AtP"] = ours("atp")
+    if args.lean:
+        runners = {name: fn for name, fn in runners.items() if name.startswith("fast exact")}
+        notes.append("--lean: AtP row = AtP*'s signed AtP; verified rows derived from the AtP* top K and the exact "
+                     "sweep (no false-negative sample); no loops")
+    else:
+        runners["AtP"] = ours("atp")
     runners["AtP*"] = ours("atp*")
-    for k in [int(x) for x in args.verify_k.split(",") if x.strip()]:
+    for k in [int(x) for x in args.verify_k.split(",") if x.strip() and not args.lean]:
         runners[f"verified AtP* K={k} (+{args.verify_sample})"] = (
             lambda k=k: verified_patch(model, task.clean, task.metric, corrupt=task.corrupt, k=k,
-                                       sample=args.verify_sample, top=min(20, k)))
+                                       sample=args.verify_sample, top=min(20, k), node=node))
     best: dict = {}
     results: dict = {}
     for _ in range(args.reps):                       # round robin, keep the fastest of each
@@ -135,10 +176,20 @@ def one_task(model, corruption: str, args) -> dict:
             t = time.perf_counter()
             r = fn()
             dt = time.perf_counter() - t
+            if name.startswith(("naive", "TransformerLens")):
+                dt *= scale
             best[name] = min(best.get(name, float("inf")), dt)
             results[name] = r
     exact = results["fast exact (update=z)"]
     ref = exact.per_input
+    if args.lean:
+        import dataclasses
+
+        star = results["AtP*"]
+        results = {**{n: r for n, r in results.items() if n != "AtP*"},
+                   "AtP": dataclasses.replace(star, per_input=star.extra["atp"], method="atp", extra={}),
+                   "AtP*": star}
+        best["AtP"] = float("nan")
 
     def effects(r):
         return r if torch.is_tensor(r) else r.per_input
@@ -157,6 +208,15 @@ def one_task(model, corruption: str, args) -> dict:
             budget_m = best["AtP*"] + (v["k"] + v["sample"]) / n_heads * best["fast exact (update=z)"]
             rows.append((name, best[name], diff, spearman(score, exact.effect.abs()), None,
                          recall_at(score, exact.effect.abs())))
+            missed = sorted(top_exact - top_k, key=lambda i: -float(exact.effect[i].abs()))
+            if missed:
+                star_rank = rank_of(results["AtP*"].effect)
+                atp_rank = rank_of(results["AtP"].effect.abs())
+                ex_rank = rank_of(exact.effect.abs())
+                extra.append(f"{name}: missed " + "; ".join(
+                    f"{exact.heads[i].name} (exact {float(exact.effect[i]):+.3f}, rank {ex_rank[i]}; AtP* "
+                    f"{float(results['AtP*'].effect[i]):.3f}, rank {star_rank[i]}; AtP {float(results['AtP'].effect[i]):+.3f},"
+                    f" rank {atp_rank[i]})" for i in missed))
             extra.append(f"{name}: exact top-20 found in the AtP* top {v['k']}: {len(top_exact & top_k)}/20; "
                          f"time {best[name]:.1f} s (AtP* {v['seconds_atp_star']:.1f} + exact "
                          f"{v['seconds_exact']:.1f}) vs budget AtP* + K/N exact = {budget:.1f} s "
@@ -168,13 +228,19 @@ def one_task(model, corruption: str, args) -> dict:
             signed = spearman(r.effect, exact.effect) if name == "AtP" else None
             rows.append((name, best[name], None, spearman(r.effect.abs(), exact.effect.abs()), signed,
                          recall_at(r.effect, exact.effect)))
+            if name == "AtP*" and "atp_qk" in r.extra:
+                qk = r.extra["atp_qk"].mean(1)
+                rows.append(("AtP + QK fix (no GradDrop)", float("nan"), None, spearman(qk.abs(), exact.effect.abs()),
+                             spearman(qk, exact.effect), recall_at(qk, exact.effect)))
         else:
-            rows.append((name, best[name], float((effects(r) - ref).abs().max()), None, None, None))
+            part = ref[sub_rows] if effects(r).shape[0] < ref.shape[0] else ref
+            rows.append((name, best[name], float((effects(r) - part).abs().max()), None, None, None))
     fig = {"exact": best["fast exact (update=z)"]}
     ids = task.clean.model_inputs["input_ids"]
     first = int(torch.nonzero((ids != task.corrupt.model_inputs["input_ids"]).any(0))[0])
-    print(f"\nsmollm2-135m, IOI ({corruption} corruption, first differing token at position {first}): "
-          f"{ids.shape[0]} pairs x {ids.shape[1]} tokens, {len(exact.heads)} heads, resample "
+    unit = "KV heads" if node in ("k", "v") else "heads"
+    print(f"\nsmollm2-135m, IOI ({corruption} corruption, first differing token at position {first}), node {node}: "
+          f"{ids.shape[0]} pairs x {ids.shape[1]} tokens, {len(exact.heads)} {unit}, resample "
           f"noising; clean LD {float(exact.clean_metric.mean()):.3f}, corrupt LD "
           f"{float(exact.corrupt_metric.mean()):.3f}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -191,10 +257,43 @@ def one_task(model, corruption: str, args) -> dict:
         speed = sec / fig["exact"] if sec == sec else None
         dstr = f"{diff:>10.2e}" if diff is not None else f"{'':>10s}"
         print(f"{name:34s} {f(sec, 8, 1)} {f(speed, 7, 2)}x {dstr} {f(rho_abs, 8, 3)} {f(rho, 7, 3)} {f(rec, 6, 2)}")
+    if args.lean:
+        for k in [int(x) for x in args.verify_k.split(",") if x.strip()]:
+            extra.append(derived_verified(exact, results["AtP*"], results["AtP"], k))
     for line in extra:
         print(line)
     return {"rows": rows, "notes": extra, "seconds": best, "n": ids.shape[0], "tokens": ids.shape[1],
-            "corruption": corruption, "reps": args.reps}
+            "corruption": corruption, "node": node, "reps": args.reps}
+
+
+def derived_verified(exact, star, atp, k: int) -> str:
+    """Verified AtP* at K from the AtP* scores and the exact sweep: its ranking (the AtP* top K by
+    |exact effect|, then the rest by AtP* score), Spearman and top-20 recall against exact |effect|,
+    the exact top 20 found in the AtP* top K, and the ones missed."""
+    ex = exact.effect.abs()
+    top_k = torch.argsort(star.effect, descending=True, stable=True)[:k]
+    verified = set(top_k.tolist())
+    order = sorted(range(len(ex)), key=lambda i: (i not in verified, -float(ex[i] if i in verified else star.effect[i])))
+    score = torch.empty(len(ex), dtype=torch.float64)
+    score[torch.tensor(order)] = torch.arange(len(ex), 0, -1, dtype=torch.float64)   # > 0, larger = earlier
+    top_exact = set(torch.argsort(ex, descending=True)[:20].tolist())
+    missed = sorted(top_exact - set(top_k.tolist()), key=lambda i: -float(ex[i]))
+    sr, ar, er = rank_of(star.effect), rank_of(atp.effect.abs()), rank_of(ex)
+    line = (f"verified AtP* K={k} (derived): Spearman {spearman(score, ex):.3f}, top-20 recall "
+            f"{recall_at(score, ex):.2f}, exact top-20 found in the AtP* top {k}: {len(top_exact) - len(missed)}/20")
+    if missed:
+        line += "; missed " + "; ".join(
+            f"{exact.heads[i].name} (exact {float(exact.effect[i]):+.3f}, rank {er[i]}; AtP* "
+            f"{float(star.effect[i]):.3f}, rank {sr[i]}; AtP {float(atp.effect[i]):+.3f}, rank {ar[i]})" for i in missed)
+    return line
+
+
+def rank_of(score: torch.Tensor) -> list[int]:
+    """1 = largest score."""
+    order = torch.argsort(score, descending=True, stable=True)
+    r = torch.empty_like(order)
+    r[order] = torch.arange(1, len(order) + 1)
+    return r.tolist()
 
 
 if __name__ == "__main__":
