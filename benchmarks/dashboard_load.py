@@ -25,6 +25,14 @@ bundled speech clips, the demo's audio analyses), ``smollm2-135m-ioi-patching`` 
 exact, AtP, AtP*), ``smollm2-135m-prune`` (IOI, step 0.2, importance and one random order) and ``smollm2-135m-circuit``
 (DLA). ``--reports`` times ``workbench report`` (HTML and Markdown, in-process) for every run
 folder served and prints each file's size.
+
+Measured 2026-12-01 on the shared 2-core machine (load average 10-12 from other jobs), real
+runs smollm2-135m (8 x 64 tokens, 30 x 9 heads), whisper-30s (30 s clip, 1500 frames),
+smollm2-135m-prune and -circuit, the synthetic 30 x 9 run for the patch role: 8 clients x 50
+requests, 21 kinds, 0 errors, p95 4.7 s over all (p95 per kind: grid 30x9 1.6 s, detail text
+3.4 s, detail 1500 frames 7.3 s, detail cross 5.2 s, flow whisper 4.7 s, word alignment with
+chosen heads 4.5 s, patching 2.5 s, circuits 1.1 s, HTML report 4.7 s); workbench report HTML
+0.2-1.5 s and 4.7-5.6 MiB per run (plotly.js inlined), Markdown with PNGs 6-12 s.
 """
 from __future__ import annotations
 
