@@ -166,7 +166,8 @@ def head_stats(
     key = repeat_kv(key, query.shape[1])            # once per call, not once per block
     qm = None if query_mask is None else query_mask[:, -query.shape[2]:]
     parts = []
-    for rows in row_blocks(query, key.shape[2], block_bytes):
+    sums: dict = {}                                   # col_sum / col_count: one running [b, (h,) key] each,
+    for rows in row_blocks(query, key.shape[2], block_bytes):   # not one per block (memory linear in T)
         pattern, allowed, *row_lse = eager_probs(query, key, attention_mask, scaling=scaling, causal=causal,
                                                  softcap=softcap, sliding_window=sliding_window, sinks=sinks,
                                                  softmax_fp32=softmax_fp32, rows=rows, with_lse=lse)
@@ -174,14 +175,11 @@ def head_stats(
         if lse:
             part["lse"] = row_lse[0]
         part["key_mass"] = pattern[..., keys] if keys is not None else pattern.new_zeros(pattern.shape[:3] + (0,))
+        for name in ("col_sum", "col_count"):         # summed block after block, in order
+            blk = part.pop(name)
+            sums[name] = blk if name not in sums else sums[name] + blk
         parts.append(part)
-    out = {}
+    out = dict(sums)
     for name in parts[0]:
-        if name in ("col_sum", "col_count"):          # summed block after block, in order
-            acc = parts[0][name]
-            for p in parts[1:]:
-                acc = acc + p[name]
-            out[name] = acc
-        else:
-            out[name] = torch.cat([p[name] for p in parts], dim=-1 if name == "n_keys" else 2)
+        out[name] = torch.cat([p[name] for p in parts], dim=-1 if name == "n_keys" else 2)
     return HeadStatsOut(**{"lse": None, **out})

@@ -280,3 +280,32 @@ def test_fused_needs_the_pytorch_path():
         head_stats(q, k, scaling=1.0, values=torch.randn(1, 1, 5, 8), backend="triton")
     with pytest.raises(UserError, match="values"):
         head_stats(q, k, scaling=1.0, values=torch.randn(1, 2, 5, 8), backend="torch")
+
+
+def test_reference_keeps_one_running_column_sum(monkeypatch):
+    """Column sums are folded into one running [batch, head, key] total as blocks go, so memory is
+    linear in T: a block's col_sum is dead once the next block has been reduced (kept per block,
+    they took n_blocks x T floats: 2.6 GiB for a 2-layer, 4-head model at T = 32K). The totals
+    still equal the full softmax."""
+    import weakref
+
+    from workbench.cuda.stats import naive
+
+    seen, alive_max = [], []
+    real = naive.reduce_block
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        seen.append(weakref.ref(out["col_sum"]))
+        alive_max.append(sum(r() is not None for r in seen[:-1]))
+        return out
+
+    monkeypatch.setattr(naive, "reduce_block", spy)
+    seed = random.randrange(2**31)
+    c = dict(shape=(1, 2, 1, 200, 200, 32))
+    q, k, allowed, *_ = case_inputs(c, seed)
+    got = naive.head_stats(q, k, None, scaling=32 ** -0.5, block_bytes=8 * 200 * 2 * 4)
+    assert len(seen) >= 10, len(seen)
+    assert max(alive_max) <= 1, (alive_max, seed)   # the running total, at most one block behind
+    ref = full_stats(q, k, allowed, 32 ** -0.5)
+    assert torch.allclose(got.col_sum.double(), ref["col_sum"], atol=1e-5), seed
