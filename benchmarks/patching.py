@@ -25,6 +25,13 @@ For ``atp*`` rows the Spearman is of the AtP* magnitude against exact |effect|; 
 signed Spearman) is given for the signed estimates. For verified AtP*, the exact top-20 units
 not in the AtP* top K are listed with their exact rank, AtP* rank and plain-AtP rank.
 
+Figures (2026-12-01, load average 10-13 on 2 cores, OMP_NUM_THREADS=1, ``--n 2 --lean --skip-rank``, one
+process per corruption x node; times are not comparable): Spearman of |estimate| vs exact |effect|
+(AtP / AtP* / AtP + QK fix), and exact top-20 found in the AtP* top 40:
+s2 z 0.955 / 0.827 / -, 20/20; s2 q 0.920 / 0.861 / 0.972, 20/20; s2 k 0.911 / 0.836 / 0.995, 20/20;
+abc z 0.928 / 0.859 / -, 20/20; abc q 0.887 / 0.863 / 0.961, 19/20 (self/5/6: exact rank 10, AtP* rank 70,
+AtP rank 129); abc k 0.779 / 0.718 / 0.943, 20/20. The n = 8 run did not finish on the loaded machine.
+
 Run by hand:  python benchmarks/patching.py [--n 8] [--corruption s2|abc|both] [--nodes z,q,k]
 [--loop-nodes z] [--reps 2] [--skip-naive] [--skip-lens] [--verify-k 20,40] [--verify-sample 20]
 Prints a table per corruption and node; ``--json FILE`` also writes the figures.
