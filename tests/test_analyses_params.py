@@ -96,7 +96,7 @@ def test_sinks_epsilon_abc_names_parameter_type_value_and_range():
         REG["sinks"].parse_params({"epsilon": "abc"}, from_text=True)
     with pytest.raises(UserError, match=r"^sinks has no parameter 'thresh'; its parameters are epsilon, min_queries$"):
         REG["sinks"].parse_params({"thresh": 0.5}, from_text=True)
-    with pytest.raises(UserError, match="retrieval parameter grid must be one of 'default', 'quick'; got 'huge'"):
+    with pytest.raises(UserError, match="retrieval parameter grid must be one of 'default', 'quick', 'long'; got 'huge'"):
         REG["retrieval"].parse_params({"grid": "huge"})
 
 
