@@ -157,8 +157,7 @@ class RunStore:
         except KeyError:
             raise RunError(f"run {name!r}: {stem}.safetensors has no tensor {key!r}") from None
         except Exception as exc:
-            raise RunError(f"run {name!r}: {stem}.safetensors is unreadable "
-                           f"({type(exc).__name__}: {self._clean(exc)})") from None
+            raise self._unreadable(name, stem, exc) from None
 
     def site_shape(self, name: str, stream: str, layer: int, index: int,
                    stem: str = "patterns") -> list[int] | None:
@@ -171,23 +170,15 @@ class RunStore:
         except KeyError:
             return None
         except Exception as exc:
-            raise RunError(f"run {name!r}: {stem}.safetensors is unreadable "
-                           f"({type(exc).__name__}: {self._clean(exc)})") from None
+            raise self._unreadable(name, stem, exc) from None
 
     def value_norm(self, name: str, stream: str, layer: int, index: int, head: int,
                    stem: str = "patterns") -> np.ndarray | None:
         """``||v_j W_O[h]||`` per key ``[key]`` of one head (``value_norm/...`` saved beside
         the patterns, Kobayashi et al. 2020), or None when the run did not save them."""
         key = f"value_norm/{stream}/{int(layer)}/{int(index)}"
-        path = self.file(name, f"{stem}.safetensors")
-        if path is None:
+        if self._has(name, stem, key) is None:
             return None
-        try:
-            if key not in _tensors.tensor_keys(path):
-                return None
-        except Exception as exc:
-            raise RunError(f"run {name!r}: {stem}.safetensors is unreadable "
-                           f"({type(exc).__name__}: {self._clean(exc)})") from None
         return self._rows(name, stem, key, int(head)).astype(np.float32)
 
     def has_patterns(self, name: str, stem: str = "patterns") -> bool:
@@ -210,8 +201,7 @@ class RunStore:
         try:
             keys = _tensors.tensor_keys(path)
         except Exception as exc:
-            raise RunError(f"run {name!r}: {stem}.safetensors is unreadable "
-                           f"({type(exc).__name__}: {self._clean(exc)})") from None
+            raise self._unreadable(name, stem, exc) from None
         found = {int(k.rsplit("/", 1)[1]) for k in keys
                  if k.startswith("pattern/") and k.rsplit("/", 1)[1].isdigit()}
         with self._lock:
@@ -257,20 +247,31 @@ class RunStore:
         except IndexError as exc:
             raise RunError(f"run {name!r}: {exc}") from None
         except Exception as exc:  # corrupt file: a message, not a traceback
-            raise RunError(f"run {name!r}: {stem}.safetensors is unreadable "
-                           f"({type(exc).__name__}: {self._clean(exc)})") from None
+            raise self._unreadable(name, stem, exc) from None
 
-    def _optional(self, name: str, stem: str, key: str) -> np.ndarray | None:
+    def _unreadable(self, name: str, stem: str, exc: BaseException) -> RunError:
+        """A corrupt tensor file: a one-line message naming the run and file, not a traceback."""
+        return RunError(f"run {name!r}: {stem}.safetensors is unreadable "
+                        f"({type(exc).__name__}: {self._clean(exc)})")
+
+    def _has(self, name: str, stem: str, key: str) -> Path | None:
+        """The run's ``<stem>.safetensors`` when it holds tensor ``key``, else None."""
         path = self.file(name, f"{stem}.safetensors")
         if path is None:
             return None
         try:
-            if key not in _tensors.tensor_keys(path):
-                return None
+            return path if key in _tensors.tensor_keys(path) else None
+        except Exception as exc:
+            raise self._unreadable(name, stem, exc) from None
+
+    def _optional(self, name: str, stem: str, key: str) -> np.ndarray | None:
+        path = self._has(name, stem, key)
+        if path is None:
+            return None
+        try:
             return _tensors.read_tensor(path, key).astype(np.float32)
         except Exception as exc:
-            raise RunError(f"run {name!r}: {stem}.safetensors is unreadable "
-                           f"({type(exc).__name__}: {self._clean(exc)})") from None
+            raise self._unreadable(name, stem, exc) from None
 
     def clean(self, text: object) -> str:
         """``text`` with the server's RUNS_DIR path replaced by the word RUNS_DIR."""
