@@ -142,7 +142,8 @@ def test_run_table_equals_the_per_input_path_of_workbench_run(tiny, capsys):
     from workbench.job import JobConfig, trace_job
 
     prompts = str(tiny / "prompts.txt")
-    args = ["run", str(tiny / "tiny"), "--prompts", prompts, "--max-prompts", "500", "--max-tokens", "32",
+    # no --max-prompts: a prompt FILE is read whole (was cut to 16 lines)
+    args = ["run", str(tiny / "tiny"), "--prompts", prompts, "--max-tokens", "32",
             "--chunk-size", "48", "--batch-size", "24", "--save-patterns", "1", "--quiet"]
     assert main([*args, "--out", str(tiny / "sums")]) == 0
     # the same command with one more analysis that needs per-input tensors takes the per-input path
@@ -159,6 +160,16 @@ def test_run_table_equals_the_per_input_path_of_workbench_run(tiny, capsys):
     assert meta["summary"]["entropy"] == old["summary"]["entropy"]
     assert meta["summary"]["sinks"] == old["summary"]["sinks"]
     assert not (tiny / ".sums.units").exists()                 # finished units are removed with the run
+
+
+def test_max_prompts_defaults_to_16_for_built_in_sets_and_clips_and_all_lines_of_a_file(tmp_path):
+    from workbench.job import JobConfig
+
+    assert JobConfig(model="m", out=tmp_path / "a").max_prompts == 16
+    assert JobConfig(model="m", out=tmp_path / "a", prompts="random").max_prompts == 16
+    assert JobConfig(model="m", out=tmp_path / "a", audio=["x.wav"]).max_prompts == 16
+    assert JobConfig(model="m", out=tmp_path / "a", prompts="my_prompts.txt").max_prompts is None
+    assert JobConfig(model="m", out=tmp_path / "a", prompts="my_prompts.txt", max_prompts=3).max_prompts == 3
 
 
 def test_chunk_size_does_not_change_the_result_nor_the_size_of_a_unit(setup, merged):

@@ -20,6 +20,9 @@ from .runs import merge_tables, save_run
 from .schema import MEL_FRAMES_PER_SECOND, base_meta
 
 
+DEFAULT_SET_SIZE = 16   # inputs of a built-in prompt set / bundled clips when max_prompts is not given
+
+
 @dataclass
 class JobConfig:
     """What to run. ``prompts``: natural | random | repeated | a file path; ``audio``:
@@ -44,7 +47,7 @@ class JobConfig:
     audio: list[str] = field(default_factory=list)
     analyses: list[str] = field(default_factory=lambda: ["entropy", "sinks"])
     params: dict = field(default_factory=dict)      # {analysis: {key: value}} overriding defaults
-    max_prompts: int = 16
+    max_prompts: int | None = None  # None: every line of a prompt FILE, else 16 (built-in sets, bundled clips)
     max_tokens: int = 128
     save_patterns: int = 2
     batch_size: int = 8
@@ -62,9 +65,13 @@ class JobConfig:
     units: Path | None = None   # where its finished units are kept; None: beside ``out``
 
     def __post_init__(self) -> None:
+        if self.max_prompts is None and (self.prompts in (None, "natural", "random", "repeated") or self.audio):
+            self.max_prompts = DEFAULT_SET_SIZE
         for name, lo in (("max_prompts", 1), ("max_tokens", 2), ("batch_size", 1), ("save_patterns", 0), ("seed", 0),
                          ("chunk_size", 1)):
             v = getattr(self, name)
+            if name == "max_prompts" and v is None:       # a prompt FILE: all of its lines
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise user_error("{%s} must be an integer >= {lo}, got {v!r}" % name, lo=lo, v=v)
         if not self.max_save_gib > 0:

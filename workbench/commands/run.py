@@ -17,7 +17,8 @@ def register(sub) -> None:
     p.add_argument("--param", action="append", default=[], metavar="ANALYSIS.KEY=VALUE",
                    help="override an analysis parameter, e.g. retrieval.grid=quick (repeatable; typed and "
                         "checked against the analysis' parameters before the model loads)")
-    p.add_argument("--max-prompts", type=int, default=16, help="number of prompts / clips (default 16)")
+    p.add_argument("--max-prompts", type=int, default=None,
+                   help="number of prompts / clips (default: every line of a prompt FILE, else 16)")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens per prompt (default 128)")
     p.add_argument("--save-patterns", type=int, default=2, metavar="N",
                    help="keep full attention patterns of the first N inputs (default 2)")
