@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections import Counter
 
 import numpy as np
@@ -23,27 +22,10 @@ COLS = ["entropy.mean_nats", "entropy.mean_norm", "entropy.std_norm", "entropy.n
 def tiny(tmp_path_factory):
     """A tiny Llama folder (sharpened weights, so heads differ) with a word-level tokenizer
     that adds a BOS, and a file of 200 prompts of 2-14 words (ragged, so batches pad)."""
-    import transformers as tf
-    from tiny import tiny_hf
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from tiny import word_level_llama
 
     root = tmp_path_factory.mktemp("dstats")
-    words = [f"w{i}" for i in range(94)]
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok = tf.PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    hf = tiny_hf("llama")
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() >= 2:
-                p.mul_(6.0)
-    hf.save_pretrained(root / "tiny")
-    tok.save_pretrained(root / "tiny")
-    rng = random.Random(0)
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 14))) for _ in range(N_PROMPTS)]
-    (root / "prompts.txt").write_text("\n".join(lines) + "\n")
+    word_level_llama(root, N_PROMPTS)
     return root
 
 

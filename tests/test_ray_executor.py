@@ -219,3 +219,29 @@ def test_without_ray_executor_ray_is_one_line_error_before_loading(monkeypatch, 
         _ray_executor()
     code, err = cli(capsys, "patch", folder, "--task", pairs, "--out", tmp_path / "x", "--workers", "2")
     one_line_error(code, err, "--workers", "--executor ray")
+
+
+def test_dataset_statistics_over_200_prompts_on_ray_equal_the_single_process_table(ray_address, tmp_path):
+    """``workbench run --executor ray``: entropy and sinks reduced to sums per unit on 2 Ray workers
+    and merged on the driver give the table of a single-process run on the same prompts."""
+    import pandas as pd
+    from tiny import word_level_llama
+
+    from workbench.cli import main
+
+    folder, prompts = word_level_llama(tmp_path, 200)
+    common = ["run", str(folder), "--prompts", str(prompts), "--max-tokens", "32", "--chunk-size", "40",
+              "--save-patterns", "0", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "here")]) == 0
+    assert main([*common, "--out", str(tmp_path / "there"), "--executor", "ray", "--address", ray_address,
+                 "--workers", "2"]) == 0
+    meta = json.loads((tmp_path / "there" / "meta.json").read_text())
+    assert meta["reduction"]["units"] == 5 and len(meta["inputs"]["items"]) == 200
+    a = pd.read_parquet(tmp_path / "here" / "heads.parquet")
+    b = pd.read_parquet(tmp_path / "there" / "heads.parquet")
+    assert list(a.columns) == list(b.columns) and len(a) == len(b) > 0
+    for col in a.columns:
+        if pd.api.types.is_float_dtype(a[col]):
+            assert (a[col] - b[col]).abs().max() <= 1e-6, col
+        else:
+            assert a[col].tolist() == b[col].tolist(), col

@@ -99,3 +99,30 @@ def tiny_batch(family: str, hf, seed: int = 1):
     inputs = tiny_inputs(family, hf, seed)
     qm = {"self": inputs["attention_mask"].bool()} if "attention_mask" in inputs else {}
     return Batch(inputs, qm)
+
+
+def word_level_llama(root, n_prompts: int, seed: int = 0):
+    """A tiny Llama folder ``root/tiny`` (weights x6, so heads differ) with a word-level tokenizer
+    that adds a BOS, and ``root/prompts.txt`` of ``n_prompts`` prompts of 2-14 words (ragged, so
+    batches pad). Returns (model folder, prompt file)."""
+    import random
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = [f"w{i}" for i in range(94)]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = tf.PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    hf = tiny_hf("llama")
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.dim() >= 2:
+                p.mul_(6.0)
+    hf.save_pretrained(root / "tiny")
+    tok.save_pretrained(root / "tiny")
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 14))) for _ in range(n_prompts)]
+    (root / "prompts.txt").write_text("\n".join(lines) + "\n")
+    return root / "tiny", root / "prompts.txt"
