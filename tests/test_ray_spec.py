@@ -12,19 +12,26 @@ ROWS = [{"clean": [1, 2, 3, 9, 7], "corrupt": [1, 5, 3, 9, 7], "target": 4, "dis
         {"clean": [3, 8, 2, 2, 5], "corrupt": [3, 8, 6, 2, 5], "target": 1, "distractor": 2}]
 
 
-def test_sweep_rebuilt_from_its_spec_without_the_pairs_file(tmp_path):
+def _tiny_task(tmp_path):
+    """(model, pairs file, task) of a tiny random Llama saved in ``tmp_path / "m"``."""
     from tiny import tiny_hf
 
     import workbench as wb
     from workbench import tasks
-    from workbench.executors import JobSpec, identity, spec_of, task_source
-    from workbench.patching import PatchConfig, Sweep
 
     tiny_hf("llama").save_pretrained(tmp_path / "m")
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join(json.dumps(r) for r in ROWS))
     model = wb.load(str(tmp_path / "m"))
-    task = tasks.build(model, str(pairs))
+    return model, pairs, tasks.build(model, str(pairs))
+
+
+def test_sweep_rebuilt_from_its_spec_without_the_pairs_file(tmp_path):
+    import workbench as wb
+    from workbench.executors import JobSpec, identity, spec_of, task_source
+    from workbench.patching import PatchConfig, Sweep
+
+    model, pairs, task = _tiny_task(tmp_path)
     heads = [wb.Head("self", 1, 0), wb.Head("self", 1, 3)]
     for cfg, corrupt in ((PatchConfig("exact", "mean", shard_size=1), task.corrupt),
                          (PatchConfig("naive", "zero"), None)):            # prune's sweep: no corrupt inputs
@@ -47,18 +54,10 @@ def test_sweep_rebuilt_from_its_spec_without_the_pairs_file(tmp_path):
 
 
 def test_spec_identity_tells_other_sweeps_apart(tmp_path):
-    from tiny import tiny_hf
-
-    import workbench as wb
-    from workbench import tasks
     from workbench.executors import identity
     from workbench.patching import PatchConfig, Sweep
 
-    tiny_hf("llama").save_pretrained(tmp_path / "m")
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("\n".join(json.dumps(r) for r in ROWS))
-    model = wb.load(str(tmp_path / "m"))
-    t = tasks.build(model, str(pairs))
+    model, _, t = _tiny_task(tmp_path)
     cfg = PatchConfig("naive", "mean")
     mean_clean = Sweep(model, t.clean, t.metric, config=cfg)
     # the same sweep whose mean ablation comes from other reference inputs: same fingerprint, other identity

@@ -194,10 +194,10 @@ def rebuild(source: dict, params: dict, chunk_size: int, batch_size: int, device
     same inputs, make the same job. ``device`` is used where ``source`` names none."""
     from .job import text_inputs
 
-    if model is None:
-        import workbench as wb
+    if model is None:           # once per worker process, shared with the patching jobs it runs
+        from .executors.spec import load_model
 
-        model = wb.load(source["model"], device=source.get("device") or device, dtype=source.get("dtype"))
+        model = load_model(source["model"], source.get("device") or device, source.get("dtype"))
     batch, _ = text_inputs(model, prompts=source["prompts"], texts=source["texts"],
                            max_prompts=source["max_prompts"], max_tokens=source["max_tokens"],
                            seed=source["seed"], truncate=source["truncate"])
