@@ -8,10 +8,9 @@ install fails here (it is not skipped).
 """
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
+from lens_bridge import boot_bridge
 
 from workbench import Head, tasks
 from workbench.patching import patch
@@ -21,12 +20,8 @@ HEADS = [Head("self", 0, 3), Head("self", 9, 6), Head("self", 14, 2), Head("self
 
 @pytest.fixture(scope="module")
 def bridge_and_task(builtin):
-    from transformer_lens.model_bridge import TransformerBridge
-
     model = builtin("smollm2-135m")
-    hf = copy.deepcopy(model.hf)                     # the bridge wraps its own copy, never the shared model
-    folder = model.meta.get("cache") or model.source
-    bridge = TransformerBridge.boot_transformers(folder, hf_model=hf, tokenizer=model.tokenizer, device="cpu")
+    bridge = boot_bridge(model)
     task = tasks.ioi(model, n=3, template=0)               # one template: no padding
     return model, bridge, task
 
