@@ -255,31 +255,33 @@ def test_value_qk_fix_is_the_linear_estimate(tiny):
 # -- bad input ------------------------------------------------------------------------------------
 def test_unsupported_node_combinations_raise(tiny):
     m, clean, corrupt, met, _ = tiny("llama")
-    with pytest.raises(UserError, match="node='k' with direction='denoising' needs ablation='resample'"):
-        patch(m, clean, met, corrupt=corrupt, node="k", ablation="zero", direction="denoising")
-    with pytest.raises(UserError, match="per_position=True is supported for node z and q only"):
-        patch(m, clean, met, corrupt=corrupt, node="v", per_position=True)
+    with pytest.raises(UserError, match="method='atp\\*' with per_position=True is not supported for node='v'"):
+        patch(m, clean, met, corrupt=corrupt, node="v", per_position=True, method="atp*")
     with pytest.raises(UserError, match="unknown node 'o'"):
         patch(m, clean, met, corrupt=corrupt, node="o")
     with pytest.raises(ValueError, match="has key/value heads 0..1"):
         patch(m, clean, met, corrupt=corrupt, node="k", heads=[Head("self", 0, 3)])
 
 
-def test_patch_command_node(tmp_path, capsys):
-    tiny_hf("llama").save_pretrained(tmp_path / "tiny-llama")
+def patch_cli(tmp_path, out, *args) -> int:
+    """``workbench patch`` on a tiny Llama folder and two token pairs (written once under tmp_path)."""
     pairs = tmp_path / "p.jsonl"
-    pairs.write_text("\n".join(json.dumps({"clean": [1, 7, 3, 9, 11], "corrupt": [1, 7, 5, 9, 11], "target": 4,
-                                            "distractor": 6}) for _ in range(2)))
+    if not pairs.exists():
+        tiny_hf("llama").save_pretrained(tmp_path / "tiny-llama")
+        pairs.write_text("\n".join(json.dumps({"clean": [1, 7, 3, 9, 11], "corrupt": [1, 7, 5, 9, 11], "target": 4,
+                                                "distractor": 6}) for _ in range(2)))
+    return main(["patch", str(tmp_path / "tiny-llama"), "--task", str(pairs), "--out", str(out), *args])
+
+
+def test_patch_command_node(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["patch", str(tmp_path / "tiny-llama"), "--task", str(pairs), "--out", str(out), "--quiet",
-                 "--node", "k", "--method", "exact,atp-star"]) == 0
+    assert patch_cli(tmp_path, out, "--quiet", "--node", "k", "--method", "exact,atp-star") == 0
     heads = pd.read_parquet(out / "heads.parquet")
     assert len(heads) == 4 and set(heads["patch.node"]) == {"k"} and sorted(heads["head"].unique()) == [0, 1]
     assert heads["patch.effect"].abs().max() > 0 and "patch.effect_atp_star" in heads.columns
     assert json.loads((out / "meta.json").read_text())["analyses"]["patch"]["node"] == "k"
-    assert main(["patch", str(tmp_path / "tiny-llama"), "--task", str(pairs), "--out", str(tmp_path / "x"),
-                 "--node", "v", "--per-position"]) == 2
-    assert "--per-position is supported for node z and q only" in capsys.readouterr().err
+    assert patch_cli(tmp_path, tmp_path / "x", "--node", "v", "--per-position", "--method", "exact,atp-star") == 2
+    assert "--method atp-star with --per-position is not supported for --node v" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

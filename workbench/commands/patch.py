@@ -8,7 +8,9 @@ metric units), ``patch.effect_norm`` (resample: divided by the clean-vs-corrupt 
 effect tensor, per-pair effects and, with ``--per-position``, effects per position.
 ``--node q|k|v`` patches a head's query, key or value input instead of its output z
 (``workbench.patching.nodes``; k and v per key/value head: one row per KV head, and
-``patch.node`` says which node).
+``patch.node`` says which node); with ``--per-position`` a k/v unit is (KV head, key
+position), and zero / mean ``--direction denoising`` restores one node into a run with the
+node of every unit ablated, as for z.
 """
 from __future__ import annotations
 
@@ -35,10 +37,13 @@ def register(sub) -> None:
                    help="what is patched in (default resample: the paired input's activations)")
     p.add_argument("--direction", default="noising", choices=("noising", "denoising"),
                    help="noising: patch into the clean run; denoising: restore clean activations (default noising)")
-    p.add_argument("--per-position", action="store_true", help="also patch each (head, query position)")
+    p.add_argument("--per-position", action="store_true",
+                   help="also patch each (head, query position); with --node k|v each (KV head, key position): "
+                        "a key/value position feeds every later query (cross-attention: encoder positions; "
+                        "not with atp-star)")
     p.add_argument("--node", default="z", choices=("z", "q", "k", "v"),
                    help="what is patched: z (head output, default), or the head's query, key or value input "
-                        "(k, v: per key/value head under GQA)")
+                        "(k, v: per key/value head under GQA); every --ablation and --direction applies")
     p.add_argument("--update", default="z", choices=("z", "rank"), help="how the fast path applies a patch")
     p.add_argument("--shard-size", type=int, default=None, help="pairs per work unit (default: all)")
     p.add_argument("--units", default=None, help="folder recording finished work units, so an interrupted "
@@ -68,7 +73,8 @@ def run(args) -> int:
     if args.node != "z":
         from ..patching.nodes import check_node
 
-        check_node(args.node, args.ablation, args.direction, args.per_position, cli=True)
+        for m in methods:
+            check_node(args.node, args.ablation, args.direction, args.per_position, cli=True, method=m)
     at_least(args.shard_size, "--shard-size", 1)
     if args.units and Path(args.units).exists() and not Path(args.units).is_dir():
         raise UserError(f"--units {args.units} is a file; give a folder for the finished work units")

@@ -89,12 +89,16 @@ class Resumable:
             denoising run); z is captured after them.
         pos: long [n, k] output positions the metric reads.
         output: ``"logits"`` or ``"hidden"``.
+        node_edits: q/k/v nodes replaced in every replay and shell run, as
+            ``nodes.replacing`` takes them (zero / mean denoising of a q/k/v node: every unit
+            ablated). The caller applies them in the capture run (inside its ``nodes.hooked``).
     """
 
-    def __init__(self, model, batch: Batch, edits, pos: torch.Tensor, output: str):
+    def __init__(self, model, batch: Batch, edits, pos: torch.Tensor, output: str, node_edits: dict | None = None):
         self.model = model
         self.batch = batch
         self.edits = list(edits)
+        self.node_edits = node_edits
         self.pos = pos
         self.output_kind = output
         self.n = len(batch)
@@ -208,10 +212,12 @@ class Resumable:
         """The base run's edits (e.g. heads ablated for denoising) apply to layers called inside."""
         from .. import _attention
         from ..trace import Tracer
+        from .nodes import replacing
 
         token = _attention.ACTIVE.set(Tracer(self.model, [], self.edits, {})) if self.edits else None
         try:
-            yield
+            with replacing(self.model, self.node_edits):
+                yield
         finally:
             if token is not None:
                 _attention.ACTIVE.reset(token)
@@ -270,7 +276,9 @@ class Resumable:
                             "past_key_values": self._prefix_cache(torch.arange(self.n), p)}
             if "attention_mask" in mi:
                 model_inputs["attention_mask"] = mi["attention_mask"]
-            with torch.no_grad():
+            from .nodes import replacing
+
+            with torch.no_grad(), replacing(self.model, self.node_edits):
                 self.model.run(Batch(model_inputs, {}, self.batch.items), edits=self.edits)
         finally:
             for h in hooks:

@@ -36,7 +36,11 @@ linearised, c_hat_QK(u) = sum_{h reads u} sum_pos (z'_h - z_h) . dM/dz_h; since 
 linear in the pattern A this is Kramar et al.'s sum_{q,k} (A' - A) dM/dA. GradDrop is then
 applied to it as for z (the absolute value of each unit's sum over its heads). For v the
 QK fix changes nothing (z is linear in v: c_hat_QK = c_hat up to round-off). ``atp*`` also
-returns ``atp_qk`` (QK fix without GradDrop, signed) for q/k/v nodes.
+returns ``atp_qk`` (QK fix without GradDrop, signed) for q/k/v nodes. Per position, ``atp``
+gives the linear term of each position of the node's axis (query positions for q, key
+positions for k / v); ``atp*`` per key position (k / v) is refused by ``nodes.check_node``
+(its QK fix would need one attention call per key position). Zero / mean denoising: the
+base run is the ablated one (``node_edits``), and the estimates linearise there.
 """
 from __future__ import annotations
 
@@ -62,7 +66,8 @@ class _GradDrop(torch.autograd.Function):
 
 
 def atp_effects(model, batch, edits, z_src, metric, index: torch.Tensor, keys: list, *,
-                per_position: bool = False, graddrop: bool = False, node: str = "z") -> dict:
+                per_position: bool = False, graddrop: bool = False, node: str = "z",
+                node_edits: dict | None = None) -> dict:
     """AtP (and, with ``graddrop``, AtP*) estimates for every head (unit) of the sites ``keys``.
 
     Args:
@@ -71,6 +76,8 @@ def atp_effects(model, batch, edits, z_src, metric, index: torch.Tensor, keys: l
             for node q/k/v: (site key, base node [n, unit, pos, d_head]) -> the node patched in.
         metric, index: the metric and each local input's index in it.
         node: ``z`` | ``q`` | ``k`` | ``v`` (module docstring).
+        node_edits: q/k/v nodes replaced in the base run (``nodes.ablated``: zero / mean
+            denoising); the estimates linearise at that run.
 
     Returns:
         {"atp": {key: [n, unit] or [n, unit, pos]}, "atp*": {...} when ``graddrop``,
@@ -89,7 +96,7 @@ def atp_effects(model, batch, edits, z_src, metric, index: torch.Tensor, keys: l
         if node == "z":
             trace, calls = model.run(batch, capture=[Z(order, grad=True)], edits=edits, grad=True), {}
         else:
-            trace, calls = nodes.capture(model, batch, order, edits, grad=True, capture_z=True)
+            trace, calls = nodes.capture(model, batch, order, edits, grad=True, capture_z=True, replace=node_edits)
     finally:
         for h in hooks:
             h.remove()

@@ -23,7 +23,9 @@ denoising  zero/mean  clean input with every head of the   z_h of the clean run 
 Patching is per head over all positions, or per (head, query position) with
 ``per_position=True``. ``node`` chooses what is patched: ``z`` (the head's output, the
 table above) or the head's query, key or value input (``q``, ``k``, ``v``; ``nodes.py``:
-units, GQA, which ablations apply); for q/k/v, "z_h" above reads "the node". Methods: ``exact`` (fast path, ``fast.py``), ``naive`` (one forward
+units, GQA); for q/k/v, "z_h" above reads "the node" (every row applies; zero / mean
+denoising ablates the node of every unit of the sweep), and per position a k/v unit is
+(KV head, *key* position). Methods: ``exact`` (fast path, ``fast.py``), ``naive`` (one forward
 per head, ``naive.py``), ``atp`` and ``atp*`` (``atp.py``, approximations).
 """
 from __future__ import annotations
@@ -60,7 +62,7 @@ class PatchConfig:
         method: ``exact`` | ``naive`` | ``atp`` | ``atp*`` (alias ``atp-star``).
         ablation: ``zero`` | ``mean`` | ``resample``.
         direction: ``noising`` | ``denoising``.
-        per_position: patch each (head, query position) separately.
+        per_position: patch each (head, query position) separately (node k / v: key position).
         shard_size: inputs per work unit (None: all inputs in one shard).
         max_rows: patched variants per batch in the fast path (default: from ``max_tokens``).
         update: how the fast path applies a patch, ``z`` or ``rank`` (see ``fast``).
@@ -97,7 +99,7 @@ class PatchConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        nodes.check_node(self.node, self.ablation, self.direction, self.per_position)
+        nodes.check_node(self.node, self.ablation, self.direction, self.per_position, method=self.method)
 
 
 def _check_pair(clean: Batch, corrupt: Batch) -> None:
@@ -165,9 +167,12 @@ class Sweep:
             self.means = nodes.means(model, reference if reference is not None else clean, self.keys, node)
         elif config.ablation == "mean":
             self.means = model.mean_z(reference if reference is not None else clean, heads)
-        self.edits = []
+        self.edits, self.node_edits = [], None           # the base run's edits: z (Ablate) or q/k/v ablated
         if config.direction == "denoising" and config.ablation != "resample":
-            self.edits = [Ablate(tuple(heads), config.ablation, self.means)]
+            if node == "z":
+                self.edits = [Ablate(tuple(heads), config.ablation, self.means)]
+            else:
+                self.node_edits = nodes.ablated(self.by_key, node, config.ablation, self.means)
         self._setup_cache: tuple[int, dict] | None = None
 
     # -- units -------------------------------------------------------------------------
@@ -220,8 +225,10 @@ class Sweep:
         return self.corrupt if (cfg.ablation == "resample" and cfg.direction == "noising") else self.clean
 
     def _node_source(self, idx: list[int]):
-        """q/k/v patched in, as a function (site key, base node [n, U, T, d]) -> same shape."""
-        return nodes.source_fn(self.model, self.cfg.ablation, self.cfg.node, self.keys,
+        """q/k/v patched in, as a function (site key, base node [n, U, T, d]) -> same shape
+        (denoising: the clean run's node, also for zero / mean)."""
+        ablation = "resample" if self.cfg.direction == "denoising" else self.cfg.ablation
+        return nodes.source_fn(self.model, ablation, self.cfg.node, self.keys,
                                self._src_batch().select(idx), self.means)
 
     def _source(self, idx: list[int]):
@@ -255,16 +262,16 @@ class Sweep:
         if method == "exact":
             from ._resume import Resumable
 
-            with nodes.hooked(self.model, self.keys, capture=True) if node != "z" else nullcontext() as hook:
-                res = Resumable(self.model, base, self.edits, self.metric.positions()[st["idx"]], self.metric.output)
+            with nodes.hooked(self.model, self.keys, capture=True, replace=self.node_edits) if node != "z" \
+                    else nullcontext() as hook:
+                res = Resumable(self.model, base, self.edits, self.metric.positions()[st["idx"]], self.metric.output,
+                                node_edits=self.node_edits)
             st.update(res=res, z_base=res.z, base_metric=self.metric.evaluate(res.output, st["idx"]).cpu())
             if node != "z":                 # z of every head with its unit's node patched
-                src, calls = st["source"], hook.calls
-                z_src = {k: nodes.patched_z(calls[k], node, src(k, calls[k].node(node).detach())) for k in self.keys}
-                st["source"] = lambda key, zb: z_src[key]
+                st["source"] = nodes.z_source(self.model, node, hook.calls, st["source"], self.keys, self._per_key())
         elif method == "naive" and node != "z":
             with torch.no_grad():
-                tr, calls = nodes.capture(self.model, base, self.keys, self.edits)
+                tr, calls = nodes.capture(self.model, base, self.keys, self.edits, replace=self.node_edits)
             base_node = {k: calls[k].node(node).detach() for k in self.keys}
             st.update(base_node=base_node, node_src={k: st["source"](k, b) for k, b in base_node.items()},
                       base_metric=self.metric.evaluate(tr.output, st["idx"]).cpu())
@@ -281,7 +288,8 @@ class Sweep:
         if cfg.method in ("atp", "atp*"):
             src = st["source"]
             res = atp_effects(self.model, st["base"], self.edits, src, self.metric, st["idx"], self.keys,
-                              per_position=cfg.per_position, graddrop=cfg.method == "atp*", node=cfg.node)
+                              per_position=cfg.per_position, graddrop=cfg.method == "atp*", node=cfg.node,
+                              node_edits=self.node_edits)
             out = {"base_metric": res["base_metric"].float().cpu()}
             for name in ("atp", "atp*", "atp_qk"):
                 for key, v in res.get(name, {}).items():
@@ -293,24 +301,35 @@ class Sweep:
             sites = [((s, l), list(h)) for s, l, h in unit.sites]
             src = {k: st["source"](k, st["z_base"][k]) for k, _ in sites}
             grp = {k: nodes.groups(self.model.site(*k), cfg.node, h) for k, h in sites} if cfg.node != "z" else None
+            kpos = {k: self._valid(st["base"], k, src[k].shape[0]) for k, _ in sites} if self._per_key() else None
             eff = fast_effects(st["res"], sites, src, self.metric, st["idx"], st["base_metric"],
                                per_position=cfg.per_position, query_mask=st["base"].query_mask,
-                               max_tokens=cfg.max_tokens, max_rows=cfg.max_rows, update=cfg.update, groups=grp)
+                               max_tokens=cfg.max_tokens, max_rows=cfg.max_rows, update=cfg.update, groups=grp,
+                               key_positions=kpos)
             out.update({f"exact:{k[0]}/{k[1]}": v for k, v in eff.items()})
             return out
         for s, l, heads in unit.sites:
             key = (s, l)
             if cfg.node != "z":
+                bn = st["base_node"][key]
                 out[f"naive:{s}/{l}"] = nodes.naive_effects(
                     self.model, st["base"], self.edits, key, list(heads), cfg.node, st["node_src"][key],
-                    st["base_node"][key], self.metric, st["idx"], st["base_metric"], per_position=cfg.per_position,
-                    query_mask=st["base"].query_mask.get(s))
+                    bn, self.metric, st["idx"], st["base_metric"], per_position=cfg.per_position,
+                    query_mask=self._valid(st["base"], key, bn.shape[2]), replace=self.node_edits)
                 continue
             zb = st["z_base"][key]
             out[f"naive:{s}/{l}"] = naive_effects(
                 self.model, st["base"], self.edits, key, list(heads), st["source"](key, zb), zb, self.metric,
                 st["idx"], st["base_metric"], per_position=cfg.per_position, query_mask=st["base"].query_mask.get(s))
         return out
+
+    def _per_key(self) -> bool:
+        return self.cfg.per_position and self.cfg.node in ("k", "v")
+
+    def _valid(self, batch: Batch, key, t: int) -> torch.Tensor:
+        """bool [n, t]: real positions of the node's position axis at site ``key`` (``nodes.valid_positions``)."""
+        m = nodes.valid_positions(batch, self.model.site(*key), self.cfg.node, t)
+        return torch.ones(len(batch), t, dtype=torch.bool) if m is None else m
 
     # -- assemble ----------------------------------------------------------------------
     def assemble(self, results: dict, seconds: float = 0.0) -> PatchResult:
@@ -358,7 +377,8 @@ def patch(model, clean: Batch, metric, *, corrupt: Batch | None = None, heads=No
         method: ``exact`` (fast path) | ``naive`` (one forward per head) | ``atp`` | ``atp*``.
         ablation: ``resample`` (needs ``corrupt``) | ``zero`` | ``mean``.
         direction: ``noising`` (patch into the clean run) | ``denoising``.
-        per_position: effects per (head, query position) as well.
+        per_position: effects per (head, query position) as well (node k / v: per (KV head,
+            key position); ``PatchResult.per_position`` [unit, input, key pos]).
         shard_size: inputs per work unit; sites_per_unit: sites per unit (exact method);
         max_rows / max_tokens: variants (variants x positions) per batch in the fast path;
         update: ``z`` | ``rank``, how the fast path applies a patch (see ``fast``);
@@ -373,8 +393,8 @@ def patch(model, clean: Batch, metric, *, corrupt: Batch | None = None, heads=No
 
     Raises:
         ValueError: unknown method/ablation/direction, resample without corrupt inputs,
-            clean/corrupt pairs of different lengths, unknown heads; UserError: a node with an
-            ablation/direction/per_position it does not support (``nodes.check_node``).
+            clean/corrupt pairs of different lengths, unknown heads; UserError: an unknown node,
+            or ``atp*`` per key position (``nodes.check_node``).
     """
     t0 = time.perf_counter()
     cfg = PatchConfig(method, ablation, direction, per_position, shard_size, max_rows, update, sites_per_unit,

@@ -49,7 +49,8 @@ def _first_change(changed: torch.Tensor) -> int:
 
 def fast_effects(res: Resumable, sites: list, z_src: dict, metric, index: torch.Tensor, base_metric: torch.Tensor, *,
                  per_position: bool = False, query_mask: dict | None = None, max_tokens: int = 1024,
-                 max_rows: int | None = None, update: str = "z", groups: dict | None = None) -> dict:
+                 max_rows: int | None = None, update: str = "z", groups: dict | None = None,
+                 key_positions: dict | None = None) -> dict:
     """Exact effects of patching the heads of several sites.
 
     Args:
@@ -65,23 +66,34 @@ def fast_effects(res: Resumable, sites: list, z_src: dict, metric, index: torch.
         update: ``"z"`` or ``"rank"`` (module docstring).
         groups: {site key: [[head, ...] per unit of ``sites``]}: a unit patches z of several
             heads at once (a key/value node under GQA, ``nodes``); default: unit = head.
+        key_positions: per key position (k / v nodes with ``per_position``): {site key: bool
+            [n, P] valid key positions}; ``z_src[key]`` is then [P, n, pos, head, d_head], entry p
+            the z of every head with key position p of its unit patched (``nodes.key_position_z``),
+            and a variant (unit, i, p) patches the unit's heads at every query position with it.
 
     Returns:
-        {site key: [heads, n] or, per position, [heads, n, pos]}: metric(patched) - metric(base).
+        {site key: [heads, n] or, per position, [heads, n, pos]} (``key_positions``: [heads, n, P]):
+        metric(patched) - metric(base).
         Variants that change nothing (z'_h == z_h bitwise where patched) get exactly 0.
     """
     if update not in UPDATES:
         raise ValueError(f"unknown update {update!r}; use one of {UPDATES}")
     query_mask = query_mask or {}
+    kp = key_positions is not None
     out, cand = {}, []                                                # cand: per site, rows (site, head#, i, q)
     member = {}                                                       # per site: bool [unit, head]
     for s, (key, heads) in enumerate(sites):
         zb = res.z[key]
         n, t = zb.shape[:2]
         member[s] = _members(zb.shape[2], heads, (groups or {}).get(key))
-        changed = (z_src[key].to(zb.device, zb.dtype) != zb).any(-1).cpu()   # [n, pos, head]
+        changed = (z_src[key].to(zb.device, zb.dtype) != zb).any(-1).cpu()   # [(P,) n, pos, head]
         out[key] = torch.zeros(len(heads), n, t) if per_position else torch.zeros(len(heads), n)
-        if per_position:
+        if kp:
+            km = key_positions[key].bool().cpu()                             # [n, P]
+            ch = (changed.any(2)[:, :, None, :] & member[s][None, None]).any(-1)   # [P, n, unit]
+            out[key] = torch.zeros(len(heads), n, ch.shape[0])
+            q, hi, i = torch.nonzero((ch & km.T[:, :, None]).permute(0, 2, 1), as_tuple=True)
+        elif per_position:
             qm = query_mask.get(key[0])
             qm = torch.ones(n, t, dtype=torch.bool) if qm is None else qm[:, -t:].bool().cpu()
             ch = (changed[:, :, None, :] & member[s][None, None]).any(-1)    # [n, pos, unit]
@@ -105,7 +117,7 @@ def fast_effects(res: Resumable, sites: list, z_src: dict, metric, index: torch.
         step = max_rows or max(1, max_tokens // t)
         for c in range(0, len(mine), step):
             _chunk(res, sname, sites, mine[c:c + step], layer[c:c + step], z_src, metric, index, base_metric,
-                   per_position, update, out, member)
+                   per_position, update, out, member, kp)
     return out
 
 
@@ -131,7 +143,7 @@ def _lexsort(*keys) -> np.ndarray:
 
 
 def _chunk(res, sname, sites, rows, layer, z_src, metric, index, base_metric, per_position, update, out,
-           member) -> None:
+           member, kp: bool = False) -> None:
     order = torch.from_numpy(_lexsort(layer, rows[:, 0]))            # pipeline order: by joining layer, site
     rows, layer = rows[order], layer[order]
     site, hi, i, q = rows.unbind(1)
@@ -150,22 +162,23 @@ def _chunk(res, sname, sites, rows, layer, z_src, metric, index, base_metric, pe
         mem = member[s][hi[lo:hi_]].to(dev)                                  # [rows, head]
         single = bool((member[s].sum(1) == 1).all()) and torch.equal(member[s].nonzero()[:, 1], torch.tensor(heads))
         ii = i[lo:hi_].to(dev)
+        zr = zs[q[lo:hi_].to(dev), ii] if kp else zs[ii]                   # [rows, T, head, d]: z' per row
         mask = torch.ones(hi_ - lo, t, dtype=torch.bool)
-        if per_position:
+        if per_position and not kp:
             mask = torch.arange(t)[None, :] == q[lo:hi_, None]
         mask = mask.to(dev)
-        changed[lo:hi_] = (mask & ((zs[ii] != zb[ii]).any(-1) & mem[:, None, :]).any(-1)).cpu()
+        changed[lo:hi_] = (mask & ((zr != zb[ii]).any(-1) & mem[:, None, :]).any(-1)).cpu()
         n_heads, d_head = zb.shape[2:]
         if update == "z" and single and _fused(res, key, zb):   # Triton: never builds the spliced input
             from ..cuda import head_patch
 
             b_o = res.model.b_O(*key)
-            y = head_patch(zb, zs[ii, :, h], ii, h, res.model.W_O(*key).detach().to(dev),
+            y = head_patch(zb, zr[torch.arange(hi_ - lo, device=dev), :, h], ii, h, res.model.W_O(*key).detach().to(dev),
                            None if b_o is None else b_o.detach().to(dev), mask=mask)
             patches.append((key, lo, hi_, "out", y))
         elif update == "z":
             sel_h = mask[:, :, None] & mem[:, None, :]
-            x_new = torch.where(sel_h[..., None], zs[ii], zb[ii]).reshape(hi_ - lo, t, n_heads * d_head)
+            x_new = torch.where(sel_h[..., None], zr, zb[ii]).reshape(hi_ - lo, t, n_heads * d_head)
             patches.append((key, lo, hi_, "z", x_new))
         else:
             w_o = res.model.W_O(*key).detach()
@@ -175,7 +188,7 @@ def _chunk(res, sname, sites, rows, layer, z_src, metric, index, base_metric, pe
                 raise UserError(f"update='rank' reads W_O of site {key[0]}/{key[1]}, which is offloaded "
                                 "(device_map); use update='z'")
             w_o = w_o.to(dev).double()
-            dz = (zs[ii] - zb[ii]).double() * (mask[:, :, None] & mem[:, None, :])[..., None]
+            dz = (zr - zb[ii]).double() * (mask[:, :, None] & mem[:, None, :])[..., None]
             patches.append((key, lo, hi_, "rank", torch.einsum("rthd,hdm->rtm", dz, w_o)))
     start = _first_change(changed) if res.can_skip_prefix(keys[0]) else 0
     if start >= t:

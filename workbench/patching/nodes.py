@@ -17,10 +17,23 @@ the z of the query heads that read it, so the patched z of every head is obtaine
 call of the attention function with every unit of the site replaced at once
 (``patched_z``), and exact q/k/v patching is z patching of the unit's heads with that z'.
 
+Per position (``per_position=True``): for q the unit is (head, query position) as for z; for
+k and v it is (KV head, *key* position p): replacing key/value p changes the z of every head
+of the group at every query position that sees p (>= p under a causal mask; every decoder
+position for Whisper's cross-attention, whose key positions are encoder frames). The fast
+path gets the z' of every unit at key position p from one attention call with position p of
+every unit replaced (``key_position_z``). Results have the per-position layout of z and q,
+[unit, input, pos], with pos the key position (cross-attention: the encoder position).
+Positions that are padding in an input (of the node's position axis: query positions for q,
+key positions for k / v) get effect 0 and are not run.
+
 Ablations of a node: ``resample`` (the node's value in the paired run), ``zero`` (0: for q
 or k, scores 0, i.e. uniform attention over the visible keys), ``mean`` (mean of the node
-over every valid position of the reference inputs, per unit). Denoising with zero/mean
-(restoring one node into a model with every node ablated) is not supported for q/k/v.
+over every valid position of the reference inputs, per unit). Denoising with zero / mean is
+defined as for z: the base run is the clean input with the node of every unit of the sweep
+ablated (at every position, in every layer, ``ablated``; replays of the fast path keep it
+for the sites downstream of a patch) and one unit is restored to its value in the clean,
+un-ablated run; effect = M(restored) - M(base).
 
 The capture and edit point is ``_attention.INPUTS``: while ``hooked`` is active, every call
 of the workbench attention function passes its inputs through it. Every site asked for must
@@ -41,26 +54,25 @@ NODES = ("z", "q", "k", "v")
 _INDEX = {"q": 0, "k": 1, "v": 2}
 
 
-def check_node(node: str, ablation: str, direction: str, per_position: bool, cli: bool = False) -> None:
+def check_node(node: str, ablation: str, direction: str, per_position: bool, cli: bool = False,
+               method: str | None = None) -> None:
     """Raise UserError for an unknown node or a combination q/k/v nodes do not support (the
-    message names Python arguments, or command-line flags with ``cli``)."""
+    message names Python arguments, or command-line flags with ``cli``): AtP* per key
+    position (its QK fix would need one attention call per key position; use ``atp`` or
+    ``exact``)."""
     def arg(name: str, value=None) -> str:
         if cli:
             flag = "--" + name.replace("_", "-")
-            return flag if value in (None, True) else f"no {flag}" if value is False else f"{flag} {value}"
+            shown = {"atp*": "atp-star"}.get(value, value)
+            return flag if value in (None, True) else f"no {flag}" if value is False else f"{flag} {shown}"
         return name if value is None else f"{name}={value!r}"
 
     if node not in NODES:
         raise UserError(f"unknown {arg('node')} {node!r}; use one of {', '.join(NODES)}")
-    if node == "z":
-        return
-    if direction == "denoising" and ablation != "resample":
-        raise UserError(f"{arg('node', node)} with {arg('direction', 'denoising')} needs {arg('ablation', 'resample')} "
-                        "(restoring one q/k/v node into a model with every node zero/mean-ablated is not "
-                        f"supported); or use {arg('node', 'z')}")
-    if per_position and node in ("k", "v"):
-        raise UserError(f"{arg('per_position', True)} is supported for node z and q only (a key/value position "
-                        f"feeds every later query); use {arg('per_position', False)} with {arg('node', node)}")
+    if per_position and node in ("k", "v") and method == "atp*":
+        raise UserError(f"{arg('method', 'atp*')} with {arg('per_position', True)} is not supported for "
+                        f"{arg('node', node)} (AtP*'s QK fix per key position is not built); use "
+                        f"{arg('method', 'atp')} or {arg('method', 'exact')}")
 
 
 def n_units(site, node: str) -> int:
@@ -122,6 +134,30 @@ class _Hook:
 
 
 @contextmanager
+def replacing(model, replace: dict | None):
+    """Within: ``replace`` (as ``hooked``) applies to whichever of its sites run; no site is
+    required to fire (the fast path's replays run only the layers after a patch)."""
+    if not replace:
+        yield
+        return
+    token = _attention.INPUTS.set(_Hook(model, list(replace), False, replace))
+    try:
+        yield
+    finally:
+        _attention.INPUTS.reset(token)
+
+
+def ablated(by_key: dict, node: str, ablation: str, mean: dict | None = None) -> dict:
+    """The base run of zero / mean denoising: every unit's node ablated at every position,
+    {key: [(node, {unit: value})]} for ``hooked`` / ``replacing``; value 0 (zero) or the
+    unit's mean [d_head] (``mean[key][unit]``, from ``means``), broadcast over inputs and positions."""
+    if ablation not in ("zero", "mean"):
+        raise ValueError(f"ablated: ablation zero or mean, not {ablation!r}")
+    return {k: [(node, {u: torch.zeros(()) if ablation == "zero" else mean[k][u] for u in us})]
+            for k, us in by_key.items()}
+
+
+@contextmanager
 def hooked(model, keys, *, capture: bool = False, replace: dict | None = None):
     """Within: calls of sites ``keys`` are recorded (``capture``: ``hook.calls`` {key: Call},
     tensors as passed, in the autograd graph under ``grad=True``) and ``replace``
@@ -141,12 +177,14 @@ def hooked(model, keys, *, capture: bool = False, replace: dict | None = None):
                                 + ", ".join(f"{s}/{l}" for s, l in missing))
 
 
-def capture(model, batch, keys, edits=(), *, grad: bool = False, capture_z: bool = False):
+def capture(model, batch, keys, edits=(), *, grad: bool = False, capture_z: bool = False,
+            replace: dict | None = None):
     """One run of ``batch``: (trace, {key: Call}). ``capture_z`` also captures z (in the
-    graph with ``grad``)."""
+    graph with ``grad``); ``replace`` (as ``hooked``) applies in the run, the calls hold the
+    replaced nodes."""
     from ..capture import Z
 
-    with hooked(model, keys, capture=True) as hook:
+    with hooked(model, sorted(set(keys) | set(replace or {})), capture=True, replace=replace) as hook:
         trace = model.run(batch, capture=[Z(list(keys), grad=grad)] if capture_z else [], edits=list(edits),
                           grad=grad)
     return trace, hook.calls
@@ -201,18 +239,70 @@ def source_fn(model, ablation: str, node: str, keys, src_batch=None, mean: dict 
     return lambda key, base: mean[key].to(base.device, base.dtype)[None, :, None].expand_as(base).clone()
 
 
+def key_position_z(call: Call, node: str, src: torch.Tensor, zb: torch.Tensor, groups: list) -> torch.Tensor:
+    """z' of a site per key position (node k or v, ``per_position``): float [P, n, T, head, d_head],
+    entry p the site's z with key/value position p of every unit replaced by ``src`` (units are
+    independent: one attention call per key position serves them all). Heads whose unit does
+    not change at p keep ``zb`` bit for bit. ``src`` [n, unit, P, d_head] the values patched in,
+    ``zb`` [n, T, head, d_head] the base run's z, ``groups`` [[head, ...] per unit] (``groups``).
+    Memory: P times the site's z."""
+    base = call.node(node).detach()
+    src = src.to(base.device, base.dtype)
+    member = torch.zeros(base.shape[1], zb.shape[2], dtype=torch.bool, device=zb.device)
+    for u, g in enumerate(groups):
+        member[u, g] = True
+    out = zb[None].repeat(base.shape[2], 1, 1, 1, 1)
+    changed = (src != base).any(-1).to(zb.device)                                 # [n, unit, P]
+    for p in range(base.shape[2]):
+        if not changed[:, :, p].any():
+            continue
+        value = base.clone()
+        value[:, :, p] = src[:, :, p]
+        z = patched_z(call, node, value).to(zb.device, zb.dtype)
+        heads = (changed[:, :, p, None] & member[None]).any(1)                     # [n, head]
+        out[p] = torch.where(heads[:, None, :, None], z, zb)
+    return out
+
+
+def z_source(model, node: str, calls: dict, source, keys, per_key: bool):
+    """The z patched in for node q/k/v, as the fast path takes it: (site key, base z) -> z'
+    [n, pos, head, d_head] of every head with its unit's node replaced by ``source``
+    (``source_fn``) in the base run's ``calls``; ``per_key`` (k / v per key position): [P, n,
+    pos, head, d_head] (``key_position_z``), computed when a work unit asks for its site."""
+    if per_key:
+        def per_key_z(key, zb):
+            c, site = calls[key], model.site(*key)
+            return key_position_z(c, node, source(key, c.node(node).detach()), zb,
+                                  groups(site, node, list(range(n_units(site, node)))))
+        return per_key_z
+    z_src = {k: patched_z(calls[k], node, source(k, calls[k].node(node).detach())) for k in keys}
+    return lambda key, zb: z_src[key]
+
+
+def _with_unit(replace: dict | None, key, node: str, unit: int, value: torch.Tensor) -> dict:
+    """``replace`` (the base run's, e.g. ``ablated``) with ``node`` of ``unit`` at ``key`` set to ``value``."""
+    rep = dict(replace or {})
+    vals = {u: v for nd, vs in rep.get(key, []) if nd == node for u, v in vs.items()}
+    rep[key] = [x for x in rep.get(key, []) if x[0] != node] + [(node, {**vals, unit: value})]
+    return rep
+
+
 def naive_effects(model, batch, edits, key, unit_ids: list[int], node: str, src: torch.Tensor, base: torch.Tensor,
                   metric, index: torch.Tensor, base_metric: torch.Tensor, *, per_position: bool = False,
-                  query_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """One full forward per unit (and per query position, node q) with the unit's node
-    replaced inside the attention function: float32 [units, n] or [units, n, pos].
-    ``src`` / ``base`` [n, U, T, d]: the values patched in / the base run's."""
+                  query_mask: torch.Tensor | None = None, replace: dict | None = None) -> torch.Tensor:
+    """One full forward per unit (and per position of the node's position axis: query
+    positions for q, key positions for k / v) with the unit's node replaced inside the
+    attention function: float32 [units, n] or [units, n, pos]. ``src`` / ``base`` [n, U, T, d]:
+    the values patched in / the base run's; ``query_mask`` bool [n, T]: the valid positions of
+    that axis (``valid_positions``; others get 0); ``replace``: the base run's node edits
+    (``ablated``), kept for every other unit."""
     n, t = base.shape[0], base.shape[2]
     qm = torch.ones(n, t, dtype=torch.bool) if query_mask is None else query_mask[:, -t:].bool().cpu()
     out = torch.zeros(len(unit_ids), n, t) if per_position else torch.zeros(len(unit_ids), n)
 
     def one(u, value):
-        with torch.no_grad(), hooked(model, [key], replace={key: [(node, {u: value})]}):
+        rep = _with_unit(replace, key, node, u, value)
+        with torch.no_grad(), hooked(model, sorted(rep), replace=rep):
             tr = model.run(batch, edits=list(edits))
         return (metric.evaluate(tr.output, index).cpu() - base_metric.cpu()).float()
 
@@ -221,6 +311,8 @@ def naive_effects(model, batch, edits, key, unit_ids: list[int], node: str, src:
             out[j] = one(u, src[:, u])
             continue
         for q in range(t):
+            if not qm[:, q].any():
+                continue
             value = base[:, u].clone()
             value[:, q] = src[:, u, q]
             out[j, :, q] = one(u, value) * qm[:, q]
