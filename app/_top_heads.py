@@ -10,8 +10,8 @@ from __future__ import annotations
 import pandas as pd
 from dash import dcc, html
 
+from ._patching_kv import is_kv, unit_link
 from .metrics import MAGNITUDE, SIGNED, column_scale, definition, format_value, is_numeric, label
-from .view import href
 
 TOP = 10
 
@@ -37,15 +37,15 @@ def ranked(heads: pd.DataFrame, column: str, meta: dict | None = None, k: int = 
 def top_heads_panel(run_name: str, heads: pd.DataFrame, column: str, meta: dict | None, cid: str,
                     k: int = TOP) -> html.Div:
     """A card: title (with the metric's definition as tooltip) and the ranked heads as links
-    to ``/detail``; says so when the column cannot be ranked."""
+    to ``/detail``; says so when the column cannot be ranked. Rows of a k/v patch run are KV heads,
+    each named with its query heads and linking to the first (``_patching_kv``)."""
     top = ranked(heads, column, meta, k)
-    head = html.Div([html.B(f"Top {len(top)} heads"), html.Br(),
+    head = html.Div([html.B(f"Top {len(top)} {'KV heads' if is_kv(meta) else 'heads'}"), html.Br(),
                      html.Span(f"{label(column)} ({order(column, heads, meta)})", className="sub",
                                title=definition(column))])
     if top.empty:
         return html.Div([head, html.P("no numeric values to rank", className="sub")], id=cid, className="top-heads")
-    items = [html.Li([dcc.Link(f"{s} L{int(l)} H{int(h)}", href=href("/detail", run=run_name, stream=s, layer=int(l),
-                                                                      head=int(h))),
+    items = [html.Li([dcc.Link(*unit_link(run_name, meta, s, int(l), int(h))),
                       html.Span(f"  {format_value(v)}", className="num")])
              for s, l, h, v in top[["stream", "layer", "head", column]].itertuples(index=False)]
     return html.Div([head, html.Ol(items)], id=cid, className="top-heads")

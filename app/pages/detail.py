@@ -7,7 +7,9 @@ value norms); above: every head of the layer as thumbnails (a click opens that h
 below: the token view (hover or click a token: what it attends to, what attends to it).
 Colour scale: linear or log, and optionally the colour range without the first token (sink
 heads). ``prompt=corrupt`` shows a patch run's corrupt prompts. Panels are built in
-``_detail_panels``.
+``_detail_panels``. A k/v node patch run (rows are KV heads) still shows every query head; a note
+names the KV head the shown head reads and the query heads sharing it, and the metrics are that
+KV head's (``_patching_kv``).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from dash.exceptions import PreventUpdate
 from .._circuit_panels import dla_panel
 from .._color import LINEAR, LOG, SKIP_FIRST, options
 from .._detail_panels import CLEAN, CORRUPT, build, has_corrupt, variant
+from .._patching_kv import group_note, group_size, is_kv, n_query_heads
 from ..components import attempt, control, dropdown, message, metrics_table
 from ..fig_thumbs import clicked_thumb
 from ..fig_tokens import TOKEN_JS
@@ -28,6 +31,28 @@ from ..view import as_int, current_store, input_options, one, pick_head, pick_in
 HIDE = {"display": "none"}
 
 
+def _n_heads(run: Run, stream: str, layer: int) -> int:
+    """Query heads of the layer: the head table's, or ``meta.sites``' for a k/v run (rows are KV heads)."""
+    n = n_query_heads(run.meta, stream, layer) if is_kv(run.meta) else None
+    return n or run.n_heads(stream, layer)
+
+
+def _pick(run: Run, stream, layer, head) -> tuple[str, int, int]:
+    """``view.pick_head`` with a k/v run's query heads."""
+    stream, layer, picked = pick_head(run, stream, layer, head)
+    h = as_int(head, 0)
+    return stream, layer, h if is_kv(run.meta) and 0 <= h < _n_heads(run, stream, layer) else picked
+
+
+def _metrics(run: Run, stream: str, layer: int, head: int) -> tuple:
+    """(metrics table, k/v note or None): a k/v run's table is the row of the KV head ``head`` reads."""
+    if not is_kv(run.meta):
+        return metrics_table(run.head_row(stream, layer, head), "detail-metrics-table"), None
+    kv = head // group_size(run.meta, stream, layer)
+    return (metrics_table(run.head_row(stream, layer, kv), "detail-metrics-table"),
+            group_note(run.name, run.meta, stream, layer, head))
+
+
 def _selectors(store, run: Run, shown: Run, stream: str, layer: int, head: int, index: int | None,
                available: set[int], prompt: str) -> html.Div:
     inputs = input_options(shown, available)
@@ -35,7 +60,7 @@ def _selectors(store, run: Run, shown: Run, stream: str, layer: int, head: int, 
     return html.Div([
         control("Stream", dropdown("detail-stream", run.streams, stream)),
         control("Layer", dropdown("detail-layer", run.layers(stream), layer, width="90px")),
-        control("Head", dropdown("detail-head", list(range(run.n_heads(stream, layer))), head,
+        control("Head", dropdown("detail-head", list(range(_n_heads(run, stream, layer))), head,
                                  width="90px")),
         control("Input", dropdown("detail-input", inputs, index, width="360px")),
         html.Div(control("Prompts (patch run)", dcc.RadioItems(
@@ -54,26 +79,27 @@ def _outputs(store, run: Run, stream, layer, head, index, scale, checks, prompt)
     shown, stem, prompt = variant(store, run, prompt)
     log, skip_first = options(scale, checks)
     p = build(store, shown, stream, layer, head, index, log=log, skip_first=skip_first, stem=stem)
-    table = metrics_table(run.head_row(stream, layer, head), "detail-metrics-table")
+    table, note = _metrics(run, stream, layer, head)
     view = {"run": run.name, "stream": stream, "layer": layer, "head": head, "input": index,
             "prompt": None if prompt == CLEAN else prompt}
     return (p.pattern or {}, p.value_weighted or {}, None if p.value_weighted else HIDE,
             p.thumbs or {}, None if p.thumbs else HIDE, p.tokens or {}, None if p.tokens else HIDE,
-            p.audio, p.audio is None, table, p.messages or None), view
+            p.audio, p.audio is None, table, p.messages or None, note), view
 
 
 def _body(store, run: Run, stream, layer, head, index, prompt=None) -> tuple[list, dict]:
-    stream, layer, head = pick_head(run, stream, layer, head)
+    stream, layer, head = _pick(run, stream, layer, head)
     shown, stem, prompt = variant(store, run, one(prompt))
     available, broken = attempt(store.pattern_inputs, run.name, stem, default=set())
     index = pick_input(shown, index, available)
-    (fig, vw, vw_style, thumbs, thumbs_style, tokens, tokens_style, src, _, table, msg), view = \
+    (fig, vw, vw_style, thumbs, thumbs_style, tokens, tokens_style, src, _, table, msg, note), view = \
         _outputs(store, run, stream, layer, head, index, LINEAR, [], prompt)
     msg = broken if broken is not None and not fig else msg
     view = {**view, "scale": LINEAR, "colour": []}
     return [
         _selectors(store, run, shown, stream, layer, head, index, available, prompt),
         html.Div(msg, id="detail-message"),
+        html.Div(note, id="detail-kv"),
         html.Audio(id="detail-audio", src=src, controls=True, hidden=src is None,
                    style={"width": "480px"}),
         html.Div(dcc.Graph(id="detail-thumbs", figure=thumbs, config={"displayModeBar": False}),
@@ -120,9 +146,9 @@ def register(app: dash.Dash) -> None:
             run = current_store().run(name)
         except RunError:
             raise PreventUpdate from None
-        stream, layer, head = pick_head(run, stream, layer, head)
+        stream, layer, head = _pick(run, stream, layer, head)
         opts = lambda xs: [{"label": str(x), "value": x} for x in xs]  # noqa: E731
-        return (opts(run.layers(stream)), layer, opts(range(run.n_heads(stream, layer))), head)
+        return (opts(run.layers(stream)), layer, opts(range(_n_heads(run, stream, layer))), head)
 
     @app.callback(Output("detail-head", "value", allow_duplicate=True), Input("detail-thumbs", "clickData"),
                   prevent_initial_call=True)
@@ -137,7 +163,7 @@ def register(app: dash.Dash) -> None:
                   Output("detail-thumbs-card", "style"), Output("detail-tokens", "figure"),
                   Output("detail-tokens-card", "style"), Output("detail-audio", "src"),
                   Output("detail-audio", "hidden"), Output("detail-metrics", "children"),
-                  Output("detail-message", "children"),
+                  Output("detail-message", "children"), Output("detail-kv", "children"),
                   Output("detail-view", "data", allow_duplicate=True),
                   Output("shell-view", "data", allow_duplicate=True),
                   Input("detail-stream", "value"), Input("detail-layer", "value"),
@@ -153,10 +179,10 @@ def register(app: dash.Dash) -> None:
         store = current_store()
         try:
             run = store.run(name)
-            stream, layer, head = pick_head(run, stream, layer, head)
+            stream, layer, head = _pick(run, stream, layer, head)
             outs, view = _outputs(store, run, stream, layer, head, as_int(index), scale, checks, prompt)
         except RunError as exc:
-            return ({}, {}, HIDE, {}, HIDE, {}, HIDE, None, True, None, message(str(exc)),
+            return ({}, {}, HIDE, {}, HIDE, {}, HIDE, None, True, None, message(str(exc)), None,
                     dash.no_update, dash.no_update)
         return (*outs, {**view, "scale": scale or LINEAR, "colour": checks or []}, view)
 

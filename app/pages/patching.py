@@ -2,7 +2,10 @@
 pairs, example prompts: ``_patch_info``), effect heatmaps per method each beside its ranked
 top heads, exact vs AtP scatter, effects per query position (``workbench patch
 --per-position``), pruning curves. A click on any heatmap cell opens that head's detail
-(a patch run saves the patterns of its first clean and corrupt prompts).
+(a patch run saves the patterns of its first clean and corrupt prompts). A k/v node run
+(``workbench patch --node k|v``) has one row per KV head: its heatmaps' columns and top lists are
+KV heads named with the query heads that read them, and a click opens the first of those
+(``_patching_kv``).
 
 Effect columns are the numeric ``patch.*``, ``atp.*``, ``importance.*``, ``prune.*``
 columns of ``heads.parquet``; pruning curves come from ``prune_curve.parquet``. Runs
@@ -16,6 +19,7 @@ from dash import ALL, Input, Output, State, dcc, html
 
 from .._detail_panels import has_corrupt
 from .._patch_info import task_card
+from .._patching_kv import is_kv, kv_heatmap, kv_scatter, node
 from .._top_heads import top_heads_panel
 
 from ..components import control, dropdown, message
@@ -27,13 +31,15 @@ from ..view import current_store, input_options, pick_input
 
 TOP_HEADS = 20      # heads shown per position: the largest |patch.effect|
 
-# a click on an effect heatmap cell (customdata = stream, y = layer, x = head) opens its detail
+# a click on an effect heatmap cell (customdata = stream, y = layer, x = head) opens its detail;
+# KV-head cells of a k/v run carry their target instead: customdata = '/detail?...'
 OPEN_JS = """
 function(clicks, run) {
     const t = dash_clientside.callback_context.triggered;
     const ev = t.length ? t[0].value : null;
     if (!ev || !ev.points || !ev.points.length || !run) { return dash_clientside.no_update; }
     const p = ev.points[0];
+    if (String(p.customdata).startsWith('/')) { return p.customdata; }
     const q = new URLSearchParams({run: run, stream: p.customdata, layer: p.y, head: p.x});
     return '/detail?' + q.toString();
 }
@@ -67,17 +73,32 @@ def position_view(store, run: Run, index: int, k: int = TOP_HEADS):
     return fig, None
 
 
+def _heatmap(run: Run, column: str):
+    fig = effect_heatmap(run.heads, column, run.meta)
+    return kv_heatmap(fig, run.name, run.meta) if is_kv(run.meta) else fig
+
+
+def _scatter_figure(run: Run, x: str, y: str):
+    fig = scatter_figure(run.heads, x, y, run.meta)
+    return kv_scatter(fig, run.meta) if is_kv(run.meta) else fig
+
+
 def _body(store, run: Run) -> tuple[list, dict]:
     cols = effect_columns(run.heads)
     shown = heatmap_columns(run.heads)
     out = [task_card(run, store.has_patterns(run.name), has_corrupt(store, run)),
            dcc.Location(id="patching-go", refresh="callback-nav")]
+    if cols and is_kv(run.meta):
+        out.append(html.Div(message(
+            f"This run patched node {node(run.meta)} per key/value head: the heatmaps' columns and the top lists are "
+            "KV heads, each named with the query heads that read it; a click opens the first of those query heads "
+            "in Head detail, which links the others.", "info"), id="patching-kv-note"))
     if not cols:
         out.append(message(f"run {run.name!r} has no patching or importance columns; "
                            "`workbench patch` and `workbench prune` add them.", "info"))
     else:
         out.append(html.Div([html.Div([html.Div(dcc.Graph(id={"type": "patching-effect", "index": i},
-                                                          figure=effect_heatmap(run.heads, c, run.meta)),
+                                                          figure=_heatmap(run, c)),
                                                 className="grow"),
                                        top_heads_panel(run.name, run.heads, c, run.meta, f"patching-top-{i}")],
                                       className="row", style={"minWidth": "620px", "flex": "1 1 620px"})
@@ -92,7 +113,7 @@ def _body(store, run: Run) -> tuple[list, dict]:
                       control("y (approximation)", dropdown("patching-y", opts, y,
                                                             width="260px"))],
                      className="controls"),
-            dcc.Graph(id="patching-scatter", figure=scatter_figure(run.heads, x, y, run.meta)),
+            dcc.Graph(id="patching-scatter", figure=_scatter_figure(run, x, y)),
         ], className="card"))
     index = pick_input(run, None)
     kind = "info"
@@ -146,8 +167,7 @@ def register(app: dash.Dash) -> None:
                   prevent_initial_call=True)
     def _scatter(x, y, name):
         try:
-            run = current_store().run(name)
-            return scatter_figure(run.heads, x, y, run.meta)
+            return _scatter_figure(current_store().run(name), x, y)
         except (RunError, ValueError) as exc:
             return {"layout": {"title": {"text": str(exc)}}}
 
