@@ -16,6 +16,8 @@ which re-implements Llama attention so that its hooks fire):
   the two patches are the same; for mean they are not (the mean of rotated vectors is not the
   rotated mean), so mean ablation is not compared here.
 
+Both layouts are checked on the bridge itself (``test_bridge_hooks_are_pre_rotary_and_per_kv_head``).
+
 TransformerLens shares no code with the workbench. A missing transformer-lens (the ``lens``
 extra) fails here, it is not skipped.
 """
@@ -86,3 +88,21 @@ def test_node_patching_equals_transformer_lens_bridge(bridge_and_task, node, abl
     assert got.heads == units                        # UNITS are listed sorted, as the result's rows
     assert want.abs().max() > 0.05, "effects too small for the comparison to mean anything"
     torch.testing.assert_close(got.per_input, want, atol=1e-4, rtol=0)
+
+
+def test_bridge_hooks_are_pre_rotary_and_per_kv_head(bridge_and_task):
+    """What the docstring says of the bridge's hooks, seen in one forward: ``hook_k`` is
+    [batch, pos, kv_head, d_head] and equals ``hook_rot_k`` only at position 0 (RoPE rotates
+    position 0 by angle 0), so it is taken before rotary; likewise ``hook_q`` / ``hook_rot_q``."""
+    _, bridge, task = bridge_and_task
+    ids = task.clean.model_inputs["input_ids"]
+    names = [f"blocks.3.attn.hook_{n}" for n in ("q", "k", "v", "rot_q", "rot_k")]
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n in names)
+    assert sorted(cache.keys()) == sorted(names), "a q/k/v hook did not fire"
+    for pre, post, heads in (("q", "rot_q", N_HEADS), ("k", "rot_k", N_KV_HEADS)):
+        a, b = cache[f"blocks.3.attn.hook_{pre}"], cache[f"blocks.3.attn.hook_{post}"]
+        assert a.shape == b.shape == (*ids.shape, heads, 64)
+        torch.testing.assert_close(a[:, 0], b[:, 0], atol=1e-5, rtol=0)
+        assert (a[:, 1:] - b[:, 1:]).abs().amax() > 1e-2
+    assert cache["blocks.3.attn.hook_v"].shape == (*ids.shape, N_KV_HEADS, 64)
