@@ -63,14 +63,40 @@ def _haystack_sentences(n_passages: int = 60, seed: int = 0) -> list[str]:
     return out
 
 
+def _fill(pool: list[tuple[str, int]], budget: int) -> list[str]:
+    """Sentences of ``pool`` ((text, tokens) pairs, taken in order, the pool repeated as often
+    as needed) whose tokens sum to at most ``budget``: a sentence that does not fit is skipped
+    and shorter ones after it are still taken, so the haystack stops short of ``budget`` by
+    less than the shortest sentence (not by up to the longest one)."""
+    shortest = min(k for _, k in pool)
+    hay, used = [], 0
+    while budget - used >= shortest:
+        took = False
+        for s, k in pool:
+            if used + k <= budget:
+                hay.append(s)
+                used += k
+                took = True
+            if budget - used < shortest:
+                break
+        if not took:
+            break
+    return hay
+
+
 def build_prompt(tokenizer, needle: Needle, length: int, depth: float, *, max_positions: int,
                  max_new_tokens: int = 16, seed: int = 0) -> NiahPrompt:
-    """A prompt of about ``length`` tokens with the needle at ``depth``.
+    """A prompt of ``length`` tokens or a few fewer (less than the haystack's shortest
+    sentence, 6 tokens with SmolLM2's tokenizer) with the needle at ``depth``.
 
-    Raises UserError (a ValueError) when ``length + max_new_tokens`` (or the tokenised
-    prompt plus ``max_new_tokens``) exceeds the model's window or ``length`` is too short
-    for a haystack; ValueError when ``depth`` is outside [0, 1] or when the answer's tokens
-    are not found in the tokenised prompt (tokenisation merged it with its neighbours).
+    The haystack's token budget is corrected against the tokenised prompt (sentences joined
+    with spaces, the needle, the question, special tokens) until the prompt has the most
+    tokens it can have without exceeding ``length``.
+
+    Raises UserError (a ValueError) when ``length + max_new_tokens`` exceeds the model's
+    window or ``length`` is too short for a haystack; ValueError when ``depth`` is outside
+    [0, 1] or when the answer's tokens are not found in the tokenised prompt (tokenisation
+    merged it with its neighbours).
     """
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
@@ -79,33 +105,31 @@ def build_prompt(tokenizer, needle: Needle, length: int, depth: float, *, max_po
                         f"{max_positions} positions; use lengths of at most {max_positions - max_new_tokens}")
     tail = f"\n\nQuestion: {needle.question}\nAnswer: {needle.lead}"
     n = lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
-    budget = length - n(tail) - n(" " + needle.sentence) - 2
-    if budget < 8:
+    budget = length - n(tail) - n(" " + needle.sentence)
+    pool = [(s, n(" " + s)) for s in _haystack_sentences(seed=seed)]
+    shortest = min(k for _, k in pool)
+    if budget < max(8, shortest):
         raise UserError(f"NIAH context length {length} is too short for a haystack; use lengths of at least "
-                        f"{length - budget + 8}")
-    hay, used = [], 0
-    pool = _haystack_sentences(seed=seed)
-    while used < budget:
-        for s in pool:
-            k = n(" " + s)
-            if used + k > budget:
-                used = budget
-                break
-            hay.append(s)
-            used += k
-        else:
-            continue
-    at = int(round(depth * len(hay)))
-    text = " ".join(hay[:at] + [needle.sentence] + hay[at:]) + tail
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+                        f"{length - budget + max(8, shortest)}")
+    best, tried = None, set()
+    while budget not in tried and len(tried) < 8:          # the budget moves by the tokens the prompt is off
+        tried.add(budget)
+        hay = _fill(pool, budget)
+        at = int(round(depth * len(hay)))
+        ids = tokenizer(" ".join(hay[:at] + [needle.sentence] + hay[at:]) + tail, add_special_tokens=True)["input_ids"]
+        if len(ids) <= length and (best is None or len(ids) > len(best)):
+            best = ids
+        if len(ids) == length:
+            break
+        budget += length - len(ids)
+    if best is None:
+        raise UserError(f"NIAH context length {length} is too short for a haystack; use a longer length")
+    ids = best
     ans = tokenizer(" " + needle.answer, add_special_tokens=False)["input_ids"]
     start = _find(ids, ans)
     if start is None:
         raise ValueError(f"needle answer {needle.answer!r} (tokens {ans}) is not found in the tokenised prompt; "
                          "tokenisation merged it with neighbouring text: reword the needle")
-    if len(ids) + max_new_tokens > max_positions:
-        raise UserError(f"the NIAH prompt of length {length} has {len(ids)} tokens; with {max_new_tokens} new tokens "
-                        f"it exceeds the model's window of {max_positions} positions; use shorter lengths")
     return NiahPrompt(ids, (start, start + len(ans)), needle, len(ids), depth)
 
 

@@ -139,3 +139,20 @@ def test_long_grid_params(smol):
     assert 8000 < len(prompts[0].ids) <= 8176
     with pytest.raises(UserError, match="window of 8192 positions; use lengths of at most 8160$"):
         retrieval.grid_prompts(smol, (8176,), (0.5,), 1, 32)
+
+
+@pytest.mark.parametrize("length", [4096, 8192 - 16])
+def test_prompt_has_the_requested_length(smol, length):
+    """A requested context is that many tokens or a few fewer (fewer than the shortest haystack
+    sentence, 6 SmolLM2 tokens); it used to stop at the first sentence that did not fit
+    (4096 gave 3991-4002 tokens), and the needle still sits at its depth."""
+    tok = smol.tokenizer
+    for needle, depth in ((NEEDLES[0], 0.0), (NEEDLES[2], 0.5), (NEEDLES[3], 1.0)):
+        pr = build_prompt(tok, needle, length, depth, max_positions=8192)
+        assert length - 6 < len(pr.ids) <= length, (needle.answer, depth, len(pr.ids))
+        assert pr.length == len(pr.ids)
+        assert pr.ids[pr.span[0]:pr.span[1]] == tok(" " + needle.answer, add_special_tokens=False)["input_ids"]
+        text = tok.decode(pr.ids)
+        assert text.endswith(f"Question: {needle.question}\nAnswer: {needle.lead}")
+        at = text.index(needle.sentence) / len(text)      # depth counts sentences: in characters, about the same
+        assert abs(at - depth) < 0.05, (depth, at)
