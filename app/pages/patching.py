@@ -19,7 +19,7 @@ from dash import ALL, Input, Output, State, dcc, html
 
 from .._detail_panels import has_corrupt
 from .._patch_info import task_card
-from .._patching_kv import is_kv, kv_heatmap, kv_scatter, node
+from .._patching_kv import is_kv, kv_heatmap, kv_name, kv_scatter, node
 from .._top_heads import top_heads_panel
 
 from ..components import control, dropdown, message
@@ -48,7 +48,8 @@ function(clicks, run) {
 
 def position_view(store, run: Run, index: int, k: int = TOP_HEADS):
     """(figure, note) of the per-position effects of input ``index`` for the ``k`` heads with
-    the largest |patch.effect|, or (None, why) when the run has none."""
+    the largest |patch.effect|, or (None, why) when the run has none. Per query position; for a
+    k/v run per KV head and key position (keys of a cross-attention site: encoder positions)."""
     effects = store.position_effects(run.name)
     if not effects:
         return None, "this run has no per-position effects; `workbench patch ... --per-position` adds them"
@@ -64,12 +65,19 @@ def position_view(store, run: Run, index: int, k: int = TOP_HEADS):
         if "patch.effect" in run.heads.columns else {}
     rows = sorted(rows, key=lambda r: -size.get(r[0], 0.0))[:k]
     n = rows[0][1].shape[0] if rows else 0
-    tokens = run.tokens(index, rows[0][0][0]) if rows else None
+    kv = is_kv(run.meta)                  # k/v: rows are KV heads, positions are key positions
+    stream = rows[0][0][0] if rows else None
+    tokens = run.tokens(index, "encoder" if kv and stream == "cross" else stream) if rows else None
     tokens = tokens[:n] if tokens else [str(j) for j in range(n)]
     z = np.stack([v[:len(tokens)] for _, v in rows]) if rows else np.zeros((0, 0))
     magnitude = column_scale("patch.effect", run.heads, run.meta) == MAGNITUDE   # an atp* run
-    fig = position_figure(z, ["/".join(map(str, key)) for key, _ in rows], tokens, magnitude=magnitude,
-                          title=f"effect per query position · input {index} · top {len(rows)} heads by |effect|")
+    names = [kv_name(run.meta, *key) if kv else "/".join(map(str, key)) for key, _ in rows]
+    fig = position_figure(z, names, tokens, magnitude=magnitude,
+                          title=f"effect per {'key' if kv else 'query'} position · input {index} · top {len(rows)} "
+                                f"{'KV heads' if kv else 'heads'} by |effect|")
+    if kv:
+        fig.update_xaxes(title_text="key position (token)")
+        fig.update_yaxes(title_text="KV head")
     return fig, None
 
 

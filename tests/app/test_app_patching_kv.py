@@ -8,14 +8,17 @@ expected names and links are written out here from that grouping and the saved h
 click on a heatmap cell (client-side JavaScript) is checked in headless Chromium."""
 from __future__ import annotations
 
+import base64
 import json
 import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import transformers as tf
 from _dash_client import callback, classes, find, render, texts
+from safetensors.numpy import load_file
 
 N_HEADS, N_KV, LAYERS = 6, 2, 2
 R = N_HEADS // N_KV
@@ -41,6 +44,8 @@ def kv_run(tmp_path_factory):
     runs = root / "runs"
     assert main(["patch", str(root / "tiny-gqa"), "--task", str(pairs), "--quiet", "--node", "k",
                  "--method", "exact,atp", "--out", str(runs / "kv")]) == 0
+    assert main(["patch", str(root / "tiny-gqa"), "--task", str(pairs), "--quiet", "--node", "k", "--per-position",
+                 "--out", str(runs / "kvpos")]) == 0
     assert main(["patch", str(root / "tiny-gqa"), "--task", str(pairs), "--quiet", "--out", str(runs / "z")]) == 0
     client = create_app(runs).server.test_client()
     return client, pd.read_parquet(runs / "kv" / "heads.parquet"), runs
@@ -77,6 +82,30 @@ def test_kv_rows_are_labelled_and_open_their_query_heads(kv_run):
     scatter = find(page, "patching-scatter")["props"]["figure"]["data"][0]
     assert sorted(scatter["text"]) == sorted(f"self L{l} KV{k} (H{k * R}–H{k * R + R - 1})"
                                              for l, k in zip(heads["layer"], heads["head"]))
+
+
+def _array(v) -> np.ndarray:
+    """A figure array as plotly sends it: a list, or {dtype, bdata (base64), shape}."""
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return a.reshape([int(x) for x in str(v.get("shape", len(a))).split(",")])
+    return np.array(v, dtype=np.float64)
+
+
+def test_kv_effects_per_key_position(kv_run):
+    client, _, runs = kv_run
+    heads = pd.read_parquet(runs / "kvpos" / "heads.parquet")
+    saved = load_file(str(runs / "kvpos" / "patch.safetensors"))
+    page = render(client, "/patching", "?run=kvpos")
+    fig = find(page, "patching-pos-graph")["props"]["figure"]
+    assert fig["layout"]["title"]["text"].startswith("effect per key position · input 0")
+    assert fig["layout"]["xaxis"]["title"]["text"].startswith("key position")
+    want = heads.reindex(heads["patch.effect"].abs().sort_values(ascending=False, kind="stable").index)
+    assert list(fig["layout"]["yaxis"]["ticktext"]) == [f"self L{l} KV{k} (H{k * R}–H{k * R + R - 1})"
+                                                        for l, k in zip(want["layer"], want["head"])]
+    z = _array(fig["data"][0]["z"])
+    for row, (layer, kv) in enumerate(zip(want["layer"], want["head"])):
+        np.testing.assert_allclose(z[row], saved[f"effect_pos/self/{layer}"][kv, 0], rtol=1e-6)
 
 
 def test_detail_of_a_kv_run_shows_every_query_head_and_names_the_group(kv_run):
