@@ -255,3 +255,25 @@ def test_whisper_cross_attention_key_positions_are_encoder_frames():
     assert res["naive"].per_position[("cross", 1)].abs().max() > 1e-6
     for k, v in res["naive"].per_position.items():
         torch.testing.assert_close(res["exact"].per_position[k], v, atol=TOL, rtol=0)
+
+
+def test_sweep_rebuilt_from_its_spec_gives_the_same_units(tmp_path):
+    """The Ray path: a worker rebuilds the sweep from its spec (plain data); for k per key
+    position, q mean denoising and v mean noising its identity (fingerprint + digest of the
+    means; q/k/v means were keyed by site and broke it) and unit results are the driver's."""
+    from test_ray_spec import _tiny_task
+    from workbench.executors import JobSpec, identity, spec_of, task_source
+    from workbench.patching import PatchConfig, Sweep
+
+    model, pairs, task = _tiny_task(tmp_path)
+    for cfg in (PatchConfig("exact", node="k", per_position=True),
+                PatchConfig("naive", "mean", "denoising", node="q", shard_size=1),
+                PatchConfig("exact", "mean", node="v")):
+        sweep = Sweep(model, task.clean, task.metric, corrupt=task.corrupt, heads=[Head("self", 1, 1)], config=cfg)
+        again = JobSpec.from_json(spec_of(sweep, task_source(str(tmp_path / "m"), str(pairs))).to_json()).build()
+        assert identity(again) == identity(sweep) and again.fingerprint() == sweep.fingerprint()
+        unit = sweep.units()[-1]
+        mine, theirs = sweep.run_unit(unit), again.run_unit(unit)
+        assert mine.keys() == theirs.keys() and any(v.abs().max() > 0 for k, v in mine.items() if k != "base_metric")
+        for k in mine:
+            torch.testing.assert_close(theirs[k], mine[k], atol=0, rtol=0)

@@ -150,10 +150,11 @@ def replacing(model, replace: dict | None):
 def ablated(by_key: dict, node: str, ablation: str, mean: dict | None = None) -> dict:
     """The base run of zero / mean denoising: every unit's node ablated at every position,
     {key: [(node, {unit: value})]} for ``hooked`` / ``replacing``; value 0 (zero) or the
-    unit's mean [d_head] (``mean[key][unit]``, from ``means``), broadcast over inputs and positions."""
+    unit's mean [d_head] (``mean[Head(stream, layer, unit)]``, from ``means``), broadcast over
+    inputs and positions."""
     if ablation not in ("zero", "mean"):
         raise ValueError(f"ablated: ablation zero or mean, not {ablation!r}")
-    return {k: [(node, {u: torch.zeros(()) if ablation == "zero" else mean[k][u] for u in us})]
+    return {k: [(node, {u: torch.zeros(()) if ablation == "zero" else mean[Head(k[0], k[1], u)] for u in us})]
             for k, us in by_key.items()}
 
 
@@ -215,28 +216,33 @@ def valid_positions(batch, site, node: str, t: int) -> torch.Tensor | None:
 
 
 def means(model, batch, keys, node: str) -> dict:
-    """Mean of the node over every valid position of ``batch``: {key: [unit, d_head]} (float32)."""
+    """Mean of the node over every valid position of ``batch``, for every unit of the sites
+    ``keys``: {Head(stream, layer, unit): [d_head]} (float32; keyed like ``Model.mean_z``)."""
     _, calls = capture(model, batch, keys)
     out = {}
     for k in keys:
         x = calls[k].node(node).detach().float()                             # [n, U, T, d]
         m = valid_positions(batch, model.site(*k), node, x.shape[2])
         w = torch.ones(x.shape[0], x.shape[2], device=x.device) if m is None else m.to(x.device).float()
-        out[k] = torch.einsum("nutd,nt->ud", x, w) / w.sum().clamp_min(1)
+        mean = torch.einsum("nutd,nt->ud", x, w) / w.sum().clamp_min(1)
+        out.update({Head(k[0], k[1], u): mean[u] for u in range(mean.shape[0])})
     return out
 
 
 def source_fn(model, ablation: str, node: str, keys, src_batch=None, mean: dict | None = None):
     """The node's values patched in, as a function (site key, base node [n, U, T, d]) -> same
     shape: resample (the node in one run of ``src_batch``, run here), zero, or ``mean``
-    ({key: [U, d]}, from ``means``) at every position."""
+    ({Head: [d]}, from ``means``) at every position."""
     if ablation == "resample":
         _, calls = capture(model, src_batch, keys)
         vals = {k: calls[k].node(node).detach() for k in keys}
         return lambda key, base: vals[key].to(base.device, base.dtype)
     if ablation == "zero":
         return lambda key, base: torch.zeros_like(base)
-    return lambda key, base: mean[key].to(base.device, base.dtype)[None, :, None].expand_as(base).clone()
+    def mean_src(key, base):
+        m = torch.stack([mean[Head(key[0], key[1], u)] for u in range(base.shape[1])])
+        return m.to(base.device, base.dtype)[None, :, None].expand_as(base).clone()
+    return mean_src
 
 
 def key_position_z(call: Call, node: str, src: torch.Tensor, zb: torch.Tensor, groups: list) -> torch.Tensor:
