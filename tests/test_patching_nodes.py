@@ -184,8 +184,9 @@ def test_every_kv_unit_fast_equals_naive(tiny):
 
 
 # -- AtP and the QK fix against a hand-built computation (GPT-2: no rotary) --------------------
-def hand_atp(hf, clean: dict, corrupt: dict, layer: int, head: int, node: str):
-    """(plain AtP, AtP with the QK fix) of one GPT-2 head's q or k node, per input [n]."""
+def hand_atp(hf, clean: dict, corrupt: dict, layer: int, head: int, node: str, position: int | None = None):
+    """(plain AtP, AtP with the QK fix) of one GPT-2 head's q, k or v node, per input [n];
+    with ``position``, of that position of the node only (k / v: a key position)."""
     attn = hf.transformer.h[layer].attn
     cfg = hf.config
     d_model, d = cfg.n_embd, cfg.n_embd // cfg.n_head
@@ -213,12 +214,14 @@ def hand_atp(hf, clean: dict, corrupt: dict, layer: int, head: int, node: str):
     qkv, z = got["qkv"], got["z"]
     part = lambda x, i: x[..., i * d_model + head * d:i * d_model + (head + 1) * d]   # noqa: E731
     i = "qkv".index(node)
-    linear = ((part(src, i) - part(qkv, i).detach()) * part(qkv.grad, i)).sum((1, 2))
-    q, k, v = (part(qkv, j).detach() for j in range(3))
-    if node == "q":
-        q = part(src, 0)
-    else:
-        k = part(src, 1)
+    new = part(src, i)
+    if position is not None:
+        new = part(qkv, i).detach().clone()
+        new[:, position] = part(src, i)[:, position]
+    linear = ((new - part(qkv, i).detach()) * part(qkv.grad, i)).sum((1, 2))
+    qkv_new = [part(qkv, j).detach() for j in range(3)]
+    qkv_new[i] = new
+    q, k, v = qkv_new
     t = q.shape[1]
     allowed = torch.tril(torch.ones(t, t, dtype=torch.bool))[None] & mask.bool()[:, None, :]
     scores = (q @ k.transpose(1, 2)) / d ** 0.5
@@ -253,10 +256,8 @@ def test_value_qk_fix_is_the_linear_estimate(tiny):
 
 
 # -- bad input ------------------------------------------------------------------------------------
-def test_unsupported_node_combinations_raise(tiny):
+def test_unknown_node_and_unit_raise(tiny):
     m, clean, corrupt, met, _ = tiny("llama")
-    with pytest.raises(UserError, match="method='atp\\*' with per_position=True is not supported for node='v'"):
-        patch(m, clean, met, corrupt=corrupt, node="v", per_position=True, method="atp*")
     with pytest.raises(UserError, match="unknown node 'o'"):
         patch(m, clean, met, corrupt=corrupt, node="o")
     with pytest.raises(ValueError, match="has key/value heads 0..1"):
@@ -280,8 +281,8 @@ def test_patch_command_node(tmp_path, capsys):
     assert len(heads) == 4 and set(heads["patch.node"]) == {"k"} and sorted(heads["head"].unique()) == [0, 1]
     assert heads["patch.effect"].abs().max() > 0 and "patch.effect_atp_star" in heads.columns
     assert json.loads((out / "meta.json").read_text())["analyses"]["patch"]["node"] == "k"
-    assert patch_cli(tmp_path, tmp_path / "x", "--node", "v", "--per-position", "--method", "exact,atp-star") == 2
-    assert "--method atp-star with --per-position is not supported for --node v" in capsys.readouterr().err
+    assert patch_cli(tmp_path, tmp_path / "x", "--node", "v", "--per-position", "--method", "atp-star-verified") == 2
+    assert "patches whole heads (no --per-position)" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

@@ -28,10 +28,9 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from workbench import Head
-from workbench.errors import UserError
 from workbench.patching import patch
 from test_patching import metric_for, pair, sharpened
-from test_patching_nodes import patch_cli
+from test_patching_nodes import eager_copy, hand_atp, patch_cli
 
 TOL = 1e-5
 IMPL = "nodes_more_oracle"
@@ -124,9 +123,9 @@ def test_key_position_resample_noising_equals_the_oracle(llama, node):
     torch.testing.assert_close(got["exact"], got["naive"], atol=TOL, rtol=0)
 
 
-def test_key_position_every_unit_fast_equals_naive_and_plain_atp_is_per_key(llama):
+def test_key_position_every_unit_fast_equals_naive(llama):
     """Every KV unit of both layers, zero noising per key position, rank update and pipelined
-    sites; AtP per position is [unit, n, key pos] too (AtP* is refused before any compute)."""
+    sites; AtP per position is [unit, n, key pos] too."""
     m, clean, corrupt, met, _ = llama
     naive = patch(m, clean, met, node="k", method="naive", ablation="zero", per_position=True)
     fast = patch(m, clean, met, node="k", method="exact", ablation="zero", per_position=True, update="rank",
@@ -136,8 +135,30 @@ def test_key_position_every_unit_fast_equals_naive_and_plain_atp_is_per_key(llam
     assert naive.per_input.abs().max() > 1e-3
     atp = patch(m, clean, met, node="v", method="atp", ablation="zero", per_position=True)
     assert atp.per_position[("self", 0)].shape == (2, 2, 11)
-    with pytest.raises(UserError, match="method='atp\\*' with per_position=True is not supported for node='v'"):
-        patch(m, clean, met, node="v", method="atp*", ablation="zero", per_position=True)
+
+
+@pytest.mark.parametrize("node", ["k", "v"])
+def test_atp_per_key_position_equals_a_hand_computation(node):
+    """GPT-2 (no rotary): AtP and AtP*'s QK fix of one key position at a time (the softmax
+    recomputed by hand with only key / value p of the head replaced), summed over the key
+    positions, as ``extra`` holds them; AtP*'s GradDrop per key position is [unit, n, P], >= 0."""
+    m = sharpened("gpt2")
+    clean, corrupt = pair("gpt2", m)
+    met = metric_for("gpt2", m, clean)
+    hf = eager_copy(m)
+    units = [Head("self", 0, 1), Head("self", 1, 2)]
+    res = patch(m, clean, met, corrupt=corrupt, heads=units, node=node, method="atp*", per_position=True)
+    whole = patch(m, clean, met, corrupt=corrupt, heads=units, node=node, method="atp*")
+    for j, u in enumerate(units):
+        per_p = [hand_atp(hf, clean.model_inputs, corrupt.model_inputs, u.layer, u.head, node, p) for p in range(11)]
+        linear, qk = (torch.stack(x, 1).sum(1) for x in zip(*per_p))
+        torch.testing.assert_close(res.extra["atp"][j], linear, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(res.extra["atp_qk"][j], qk, atol=1e-5, rtol=1e-4)
+        if node == "k":
+            assert (res.extra["atp_qk"][j] - whole.extra["atp_qk"][j]).abs().max() > 1e-4   # not the whole-node fix
+    pp = res.per_position[("self", 0)]
+    assert pp.shape == (1, 2, 11) and (pp >= 0).all() and pp.abs().max() > 0
+    torch.testing.assert_close(res.per_input, torch.stack([res.per_position[("self", u.layer)][0] for u in units]).sum(2))
 
 
 # -- zero / mean denoising -------------------------------------------------------------------------

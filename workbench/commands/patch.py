@@ -39,8 +39,7 @@ def register(sub) -> None:
                    help="noising: patch into the clean run; denoising: restore clean activations (default noising)")
     p.add_argument("--per-position", action="store_true",
                    help="also patch each (head, query position); with --node k|v each (KV head, key position): "
-                        "a key/value position feeds every later query (cross-attention: encoder positions; "
-                        "not with atp-star)")
+                        "a key/value position feeds every later query (cross-attention: encoder positions)")
     p.add_argument("--node", default="z", choices=("z", "q", "k", "v"),
                    help="what is patched: z (head output, default), or the head's query, key or value input "
                         "(k, v: per key/value head under GQA); every --ablation and --direction applies")
@@ -73,8 +72,7 @@ def run(args) -> int:
     if args.node != "z":
         from ..patching.nodes import check_node
 
-        for m in methods:
-            check_node(args.node, args.ablation, args.direction, args.per_position, cli=True, method=m)
+        check_node(args.node, cli=True)
     at_least(args.shard_size, "--shard-size", 1)
     if args.units and Path(args.units).exists() and not Path(args.units).is_dir():
         raise UserError(f"--units {args.units} is a file; give a folder for the finished work units")

@@ -38,9 +38,12 @@ applied to it as for z (the absolute value of each unit's sum over its heads). F
 QK fix changes nothing (z is linear in v: c_hat_QK = c_hat up to round-off). ``atp*`` also
 returns ``atp_qk`` (QK fix without GradDrop, signed) for q/k/v nodes. Per position, ``atp``
 gives the linear term of each position of the node's axis (query positions for q, key
-positions for k / v); ``atp*`` per key position (k / v) is refused by ``nodes.check_node``
-(its QK fix would need one attention call per key position). Zero / mean denoising: the
-base run is the ablated one (``node_edits``), and the estimates linearise there.
+positions for k / v). ``atp*`` per key position (k / v): z'_p is the head's z with only key /
+value position p of its unit patched (``nodes.key_position_z``, one attention call per key
+position, summed over every query position), c_hat_QK(u, p) = sum_{h reads u} sum_q
+(z'_p,h - z_h)[q] . dM/dz_h[q]; z'_p is recomputed for each of the L + 1 gradients (memory:
+one site's P x z at a time). Zero / mean denoising: the base run is the ablated one
+(``node_edits``), and the estimates linearise there.
 """
 from __future__ import annotations
 
@@ -86,6 +89,7 @@ def atp_effects(model, batch, edits, z_src, metric, index: torch.Tensor, keys: l
     hooks = []
     flags: list[dict] = []
     order = list(keys)
+    per_key = per_position and node in ("k", "v")
     try:
         if graddrop:
             for st in model.stacks:
@@ -115,13 +119,23 @@ def atp_effects(model, batch, edits, z_src, metric, index: torch.Tensor, keys: l
         member[k] = torch.zeros(len(u), site.n_heads, dtype=zb.dtype, device=zb.device)
         for j, g in enumerate(nodes.groups(site, node, u)):
             member[k][j, g] = 1
-        if graddrop:                                               # the QK fix: z' from the exact attention
+        if graddrop and per_key:                                   # z'_p per key position, rebuilt per use
+            src = z_src(k, calls[k].node(node).detach())
+            deltas.append(lambda k=k, zb=zb, src=src, grp=nodes.groups(site, node, u):
+                          nodes.key_position_z(calls[k], node, src, zb, grp).to(zb.dtype) - zb)
+        elif graddrop:                                             # the QK fix: z' from the exact attention
             nb = calls[k].node(node).detach()
             deltas.append(nodes.patched_z(calls[k], node, z_src(k, nb)).to(zb.dtype) - zb)
 
     def estimate(grads) -> dict:
         out = {}
         for k, d, g in zip(order, deltas, grads):
+            if callable(d):                                        # per key position: [P, n, pos, head, d_head]
+                d = d()
+                g = torch.zeros_like(d[0]) if g is None else g.reshape(d.shape[1:])
+                e = torch.einsum("pnthd,nthd->pnh", d, g)
+                out[k] = torch.einsum("pnh,uh->nup", e, member[k]).float()             # [n, unit, key pos]
+                continue
             e = (d * (torch.zeros_like(d) if g is None else g.reshape(d.shape))).sum(-1)   # [n, pos, head]
             if node != "z":
                 e = torch.einsum("nph,uh->nup", e, member[k])                          # [n, unit, pos]

@@ -99,7 +99,7 @@ class PatchConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        nodes.check_node(self.node, self.ablation, self.direction, self.per_position, method=self.method)
+        nodes.check_node(self.node)
 
 
 def _check_pair(clean: Batch, corrupt: Batch) -> None:
@@ -393,8 +393,8 @@ def patch(model, clean: Batch, metric, *, corrupt: Batch | None = None, heads=No
 
     Raises:
         ValueError: unknown method/ablation/direction, resample without corrupt inputs,
-            clean/corrupt pairs of different lengths, unknown heads; UserError: an unknown node,
-            or ``atp*`` per key position (``nodes.check_node``).
+            clean/corrupt pairs of different lengths, unknown heads; UserError: an unknown node
+            (``nodes.check_node``).
     """
     t0 = time.perf_counter()
     cfg = PatchConfig(method, ablation, direction, per_position, shard_size, max_rows, update, sites_per_unit,

@@ -54,25 +54,12 @@ NODES = ("z", "q", "k", "v")
 _INDEX = {"q": 0, "k": 1, "v": 2}
 
 
-def check_node(node: str, ablation: str, direction: str, per_position: bool, cli: bool = False,
-               method: str | None = None) -> None:
-    """Raise UserError for an unknown node or a combination q/k/v nodes do not support (the
-    message names Python arguments, or command-line flags with ``cli``): AtP* per key
-    position (its QK fix would need one attention call per key position; use ``atp`` or
-    ``exact``)."""
-    def arg(name: str, value=None) -> str:
-        if cli:
-            flag = "--" + name.replace("_", "-")
-            shown = {"atp*": "atp-star"}.get(value, value)
-            return flag if value in (None, True) else f"no {flag}" if value is False else f"{flag} {shown}"
-        return name if value is None else f"{name}={value!r}"
-
+def check_node(node: str, cli: bool = False) -> None:
+    """Raise UserError for an unknown node (the message names the Python argument, or the
+    command-line flag with ``cli``). Every ablation, direction, ``per_position`` and method
+    applies to every node."""
     if node not in NODES:
-        raise UserError(f"unknown {arg('node')} {node!r}; use one of {', '.join(NODES)}")
-    if per_position and node in ("k", "v") and method == "atp*":
-        raise UserError(f"{arg('method', 'atp*')} with {arg('per_position', True)} is not supported for "
-                        f"{arg('node', node)} (AtP*'s QK fix per key position is not built); use "
-                        f"{arg('method', 'atp')} or {arg('method', 'exact')}")
+        raise UserError(f"unknown {'--node' if cli else 'node'} {node!r}; use one of {', '.join(NODES)}")
 
 
 def n_units(site, node: str) -> int:
