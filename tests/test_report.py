@@ -167,3 +167,22 @@ def test_every_analysis_of_workbench_run_has_a_method_note_with_a_citation():
     for name in registry():
         what, cite = NOTES[name]
         assert what and re.search(r"(19|20)\d\d", cite), name
+
+
+def test_html_report_titles_each_figure_once(runs, tmp_path):
+    """Each figure is headed by its h3 only: the plotly figure's own title (e.g. "sinks: alpha1"
+    under "head grid: sinks.alpha1") was drawn again inside the figure."""
+    from workbench._report_content import build
+    from workbench._report_render import figures
+    from workbench.run_folder import open_run
+
+    out = tmp_path / "r.html"
+    _report(runs["run"], out)
+    text = out.read_text()
+    figs = figures(build(open_run(runs["run"])))
+    own = [f.layout.title.text for _, f in figs if f.layout.title.text]
+    assert own, "the figures have titles of their own (else this test checks nothing)"
+    for title, _ in figs:
+        assert text.count(f"<h3>{title}</h3>") == 1
+    for t in own:
+        assert json.dumps({"text": t})[1:-1] not in text, t

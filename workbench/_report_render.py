@@ -163,7 +163,8 @@ def to_html(rep: Report) -> str:
     parts.append("</table><h2>Figures</h2>")
     for i, (title, fig) in enumerate(figs):
         parts.append(f"<div class='figure' data-title='{e(title)}'><h3>{e(title)}</h3>"
-                     + fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{i}") + "</div>")
+                     + _untitled(fig).to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{i}")
+                     + "</div>")
     parts.append(f"<h2>Ranked heads</h2><p>{e(_ranking_note(rep))}</p>")
     parts.append(_html_table(rep.heads, "ranked-heads"))
     parts.append("<h2>Per-layer summary</h2>" + _html_table(rep.layers, "layers"))
@@ -171,6 +172,17 @@ def to_html(rep: Report) -> str:
         f"<li><b>{e(n)}</b>: {e(what)}. <i>{e(cite)}</i></li>" for n, what, cite in rep.notes) + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _untitled(fig):
+    """A copy of ``fig`` without its own title (the HTML report heads each figure with an h3;
+    the Markdown report's PNG and HTML files keep the title, as they are viewed alone)."""
+    import plotly.graph_objects as go
+
+    out = go.Figure(fig)
+    if out.layout.title.text:
+        out.update_layout(title_text=None, margin_t=min(out.layout.margin.t or 40, 40))
+    return out
 
 
 def _html_table(df: pd.DataFrame, css_id: str) -> str:
