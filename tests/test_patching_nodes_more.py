@@ -28,6 +28,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from workbench import Head
+from workbench.errors import UserError
 from workbench.patching import patch
 from test_patching import metric_for, pair, sharpened
 from test_patching_nodes import eager_copy, hand_atp, patch_cli
@@ -298,3 +299,19 @@ def test_sweep_rebuilt_from_its_spec_gives_the_same_units(tmp_path):
         assert mine.keys() == theirs.keys() and any(v.abs().max() > 0 for k, v in mine.items() if k != "base_metric")
         for k in mine:
             torch.testing.assert_close(theirs[k], mine[k], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("node", ["z", "v"])
+def test_store_fingerprint_includes_the_mean_reference(llama, tmp_path, node):
+    """Mean ablation over another reference batch is another sweep: its unit store must not be
+    reused (the fingerprint held no reference inputs, so a rerun silently took the old units)."""
+    from workbench.patching import PatchConfig, Sweep
+
+    m, clean, corrupt, met, _ = llama
+    cfg = PatchConfig(ablation="mean", node=node)
+    a = Sweep(m, clean, met, heads=KV_UNITS, config=cfg, reference=clean).store_key()
+    b = Sweep(m, clean, met, heads=KV_UNITS, config=cfg, reference=corrupt).store_key()
+    assert a != b and a == Sweep(m, clean, met, heads=KV_UNITS, config=cfg).fingerprint()   # clean: the default
+    patch(m, clean, met, heads=KV_UNITS, node=node, ablation="mean", reference=clean, store=str(tmp_path / "u"))
+    with pytest.raises(UserError, match="different sweep"):
+        patch(m, clean, met, heads=KV_UNITS, node=node, ablation="mean", reference=corrupt, store=str(tmp_path / "u"))

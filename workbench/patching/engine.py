@@ -45,6 +45,7 @@ from .atp import atp_effects
 from .fast import UPDATES, fast_effects
 from . import nodes
 from .naive import naive_effects
+from ._inputs import check_pair, hash_inputs, same_inputs
 from .result import PatchResult
 from .units import Unit, UnitStore, run_units
 
@@ -102,20 +103,6 @@ class PatchConfig:
         nodes.check_node(self.node)
 
 
-def _check_pair(clean: Batch, corrupt: Batch) -> None:
-    if len(clean) != len(corrupt):
-        raise ValueError(f"clean has {len(clean)} inputs but corrupt has {len(corrupt)}; give one corrupt per clean")
-    for k, v in clean.model_inputs.items():
-        w = corrupt.model_inputs.get(k)
-        if torch.is_tensor(v) and (w is None or w.shape != v.shape):
-            raise ValueError(f"clean and corrupt inputs differ in shape for {k!r} ({tuple(v.shape)} vs "
-                             f"{None if w is None else tuple(w.shape)}): each pair must tokenise to the same length")
-    for s, m in clean.query_mask.items():
-        if s in corrupt.query_mask and not torch.equal(m, corrupt.query_mask[s]):
-            raise ValueError(f"clean and corrupt inputs have different real positions in stream {s!r}: "
-                             "each pair must tokenise to the same number of tokens (frames)")
-
-
 class Sweep:
     """A patching sweep over heads; see the module docstring for what is computed.
 
@@ -132,11 +119,12 @@ class Sweep:
     def __init__(self, model, clean: Batch, metric, *, corrupt: Batch | None = None, heads=None,
                  config: PatchConfig = PatchConfig(), reference: Batch | None = None):
         self.model, self.clean, self.corrupt, self.metric, self.cfg = model, clean, corrupt, metric, config
+        self.reference = reference
         if config.ablation == "resample" and corrupt is None:
             raise ValueError("resample ablation patches in activations of a corrupt input: give corrupt inputs "
                              "(a task with pairs) or use --ablation zero|mean")
         if corrupt is not None:
-            _check_pair(clean, corrupt)
+            check_pair(clean, corrupt)
         if len(metric.positions()) != len(clean):
             raise ValueError(f"the metric covers {len(metric.positions())} inputs but there are {len(clean)}")
         node = config.node
@@ -204,15 +192,23 @@ class Sweep:
                              "metric": self.metric.describe(), "heads": [x.name for x in self.heads]},
                             sort_keys=True, default=str).encode())
         for b in (self.clean, self.corrupt):
-            for k, v in sorted((b.model_inputs if b is not None else {}).items()):
-                if torch.is_tensor(v):
-                    h.update(k.encode())
-                    h.update(v.detach().cpu().contiguous().numpy().tobytes())
+            hash_inputs(h, b)
         for k, v in sorted(vars(self.metric).items()):
             if torch.is_tensor(v) and k != "ref":
                 h.update(k.encode())
                 h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:24]
+
+    def store_key(self) -> str:
+        """What ``UnitStore`` keys finished units by: the fingerprint, and for mean ablation over
+        other ``reference`` inputs than ``clean`` a digest of those inputs (a Ray worker checks
+        the means themselves, ``executors.identity``)."""
+        ref = self.reference if self.cfg.ablation == "mean" else None
+        if ref is None or same_inputs(ref, self.clean):
+            return self.fingerprint()
+        h = hashlib.sha256(self.fingerprint().encode())
+        hash_inputs(h, ref)
+        return f"{self.fingerprint()}-{h.hexdigest()[:12]}"
 
     # -- per shard ---------------------------------------------------------------------
     def _base_batch(self) -> Batch:
@@ -400,6 +396,6 @@ def patch(model, clean: Batch, metric, *, corrupt: Batch | None = None, heads=No
     cfg = PatchConfig(method, ablation, direction, per_position, shard_size, max_rows, update, sites_per_unit,
                       max_tokens, node)
     sweep = Sweep(model, clean, metric, corrupt=corrupt, heads=heads, config=cfg, reference=reference)
-    unit_store = UnitStore(store, sweep.fingerprint()) if store is not None else None
+    unit_store = UnitStore(store, sweep.store_key()) if store is not None else None
     results = run_units(sweep.run_unit, sweep.units(), executor, unit_store)
     return sweep.assemble(results, time.perf_counter() - t0)

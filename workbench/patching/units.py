@@ -45,7 +45,8 @@ fingerprint is the driver's. Adding an engine touches neither the engine nor the
 
 ``UnitStore`` records each finished unit as ``<folder>/<unit id>.safetensors`` (written to a
 temporary file and renamed, so a unit is either complete or absent) under a fingerprint of
-the sweep (model, inputs, metric, heads, method, ablation, direction); a rerun of the same
+the sweep (model, inputs, metric, heads, method, ablation, direction, node, per_position; a
+mean ablation's reference inputs: ``Sweep.store_key``); a rerun of the same
 sweep loads finished units instead of recomputing them, a different sweep refuses the folder.
 Each unit file records the seconds the unit took (safetensors metadata ``seconds``: the
 time between the driver receiving it and the previous unit, so with parallel workers the
