@@ -166,8 +166,9 @@ def test_atp_per_key_position_equals_a_hand_computation(node):
 DENOISE_UNITS = {"q": [Head("self", 0, 1), Head("self", 1, 2)], "k": KV_UNITS, "v": KV_UNITS}
 
 
-def denoising_oracle(hf, clean: dict, node: str, ablation: str, units) -> torch.Tensor:
-    """[unit, n]: restore each unit's clean node into the run with every unit of ``units`` ablated."""
+def denoising_oracle(hf, clean: dict, node: str, ablation: str, units, position: int | None = None) -> torch.Tensor:
+    """[unit, n]: restore each unit's clean node (only at ``position``, 0 where that is padding)
+    into the run with every unit of ``units`` ablated."""
     _, rec = run(hf, clean, record=True)
     mask = clean["attention_mask"]
     a = {}
@@ -179,11 +180,15 @@ def denoising_oracle(hf, clean: dict, node: str, ablation: str, units) -> torch.
         e = {}
         for u in units:
             v = rec[u.layer][_INDEX[node]][:, u.head] if u == restored else a[u]
+            if u == restored and position is not None:
+                v = a[u].expand_as(v).clone()
+                v[:, position] = rec[u.layer][_INDEX[node]][:, u.head, position]
             e.setdefault((u.layer, node), []).append((u.head, None, v))
         return e
 
     base, _ = run(hf, clean, edits())
-    return torch.stack([run(hf, clean, edits(u))[0] - base for u in units])
+    keep = mask[:, position] if position is not None else 1
+    return torch.stack([(run(hf, clean, edits(u))[0] - base) * keep for u in units])
 
 
 @pytest.mark.parametrize("node", ["q", "k", "v"])
@@ -198,6 +203,20 @@ def test_zero_mean_denoising_equals_the_oracle(llama, node, ablation):
         torch.testing.assert_close(res.per_input, want, atol=TOL, rtol=0, msg=lambda s: f"{method}: {s}")
         base, _ = run(hf, clean.model_inputs, {})
         assert not torch.allclose(res.base_metric, base, atol=1e-4), "the base run was not ablated"
+
+
+@pytest.mark.parametrize("node,ablation", [("k", "zero"), ("v", "mean")])
+def test_key_position_denoising_equals_the_oracle(llama, node, ablation):
+    """Per key position and zero / mean denoising together: one key position of a unit restored
+    into the ablated run (the fast path's replays keep the ablation downstream)."""
+    m, clean, corrupt, met, hf = llama
+    want = torch.stack([denoising_oracle(hf, clean.model_inputs, node, ablation, KV_UNITS, p) for p in POSITIONS], 2)
+    assert (want[:, 0].abs() > 1e-5).all() and (want[:, 1, 1] == 0).all()
+    for method in ("exact", "naive"):
+        res = patch(m, clean, met, heads=KV_UNITS, node=node, method=method, ablation=ablation, direction="denoising",
+                    per_position=True)
+        pp = torch.stack([res.per_position[("self", u.layer)][0] for u in KV_UNITS])
+        torch.testing.assert_close(pp[:, :, POSITIONS], want, atol=TOL, rtol=0, msg=lambda s: f"{method}: {s}")
 
 
 def test_mean_is_over_valid_positions_only(llama):
