@@ -22,14 +22,16 @@ k and v it is (KV head, *key* position p): replacing key/value p changes the z o
 of the group at every query position that sees p (>= p under a causal mask; every decoder
 position for Whisper's cross-attention, whose key positions are encoder frames). The fast
 path gets the z' of every unit at key position p from one attention call with position p of
-every unit replaced (``key_position_z``). Results have the per-position layout of z and q,
-[unit, input, pos], with pos the key position (cross-attention: the encoder position).
+every unit replaced (``key_position_z``; a work unit holds P x the site's z). Results have
+the per-position layout of z and q, [unit, input, pos], with pos the key position
+(cross-attention: the encoder position).
 Positions that are padding in an input (of the node's position axis: query positions for q,
 key positions for k / v) get effect 0 and are not run.
 
 Ablations of a node: ``resample`` (the node's value in the paired run), ``zero`` (0: for q
 or k, scores 0, i.e. uniform attention over the visible keys), ``mean`` (mean of the node
-over every valid position of the reference inputs, per unit). Denoising with zero / mean is
+over every valid position of the reference inputs, per unit; for k this is the same as
+zero: a key constant over positions scores every visible key alike). Denoising with zero / mean is
 defined as for z: the base run is the clean input with the node of every unit of the sweep
 ablated (at every position, in every layer, ``ablated``; replays of the fast path keep it
 for the sites downstream of a patch) and one unit is restored to its value in the clean,
