@@ -3,7 +3,9 @@
 ``head_grid_figure(heads, metric)`` colours each head by a metric column; string columns
 (``taxonomy.class``) become categories. With ``compare`` (a second run's head table for the
 same model) cells show ``run - compare`` (numeric) or whether the class changed. Each cell
-carries ``customdata = stream`` so a click names the head: ``(stream, y=layer, x=head)``.
+carries ``customdata = stream`` so a click names the head: ``(stream, y=layer, x=head)``; the
+cells of a k/v patch run carry their Head detail href instead (``_patching_kv.kv_heatmap``), and
+``clicked_head`` reads the stream from it.
 
 Colour scales follow what the column means (``metrics.column_scale``): signed quantities
 (patching effects, differences between runs, any column with both signs) on a red-blue
@@ -11,6 +13,8 @@ scale centred on 0; magnitudes (AtP*, Michel importance) on a sequential scale f
 whose colour bar says "magnitude"; other quantities on Viridis.
 """
 from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -158,9 +162,14 @@ def _coloraxis(numeric: bool, scale: str, categories: list[str], metric: str) ->
 
 
 def clicked_head(click_data: dict | None) -> tuple[str, int, int] | None:
-    """``(stream, layer, head)`` from a heatmap ``clickData``; None when absent or malformed."""
+    """``(stream, layer, head)`` from a heatmap ``clickData``; None when absent or malformed. A cell
+    whose customdata is a ``/detail?...`` href (a k/v run's KV head) names its stream in the href's
+    ``stream``; ``head`` is then the KV head (the cell's x)."""
     try:
         point = click_data["points"][0]
-        return str(point["customdata"]), int(point["y"]), int(point["x"])
+        stream = str(point["customdata"])
+        if stream.startswith("/"):
+            stream = parse_qs(urlsplit(stream).query)["stream"][0]
+        return stream, int(point["y"]), int(point["x"])
     except (TypeError, KeyError, IndexError, ValueError):
         return None

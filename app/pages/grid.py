@@ -3,6 +3,11 @@
 URL: ``/grid?run=&metric=&compare=&stream=&layer=&head=``. With ``compare`` (a run of the
 same model) cells show the difference. The side panel shows the selected head's metrics and
 a small pattern preview (one head's slice), with a link to the Head detail page.
+
+A k/v node patch run (``workbench patch --node k|v``) has one row per KV head, drawn as on the
+Patching page (``_patching_kv``): the column axis reads "KV head", the hover and the top list name
+each KV head with the query heads that read it, and a click opens the first of them in Head
+detail; such a run is compared only with another k/v run.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import pandas as pd
 from dash import Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
+from .._patching_kv import detail_href, group, is_kv, kv_heatmap, node, unit_link
 from .._top_heads import top_heads_panel
 from ..components import control, dropdown, message, metrics_table, run_picker
 from ..fig_grid import clicked_head, head_grid_figure
@@ -33,6 +39,10 @@ def _compare(store, run: Run, name: str | None) -> tuple[Run | None, str | None]
         return None, f"cannot compare: {exc}"
     if other.model != run.model:
         return None, f"cannot compare: {name} is a run of {other.model}, not {run.model}"
+    if is_kv(other.meta) != is_kv(run.meta):
+        kv, heads = (run, other) if is_kv(run.meta) else (other, run)
+        return None, (f"cannot compare: the rows of {kv.name} are KV heads (patch node {node(kv.meta)}), "
+                      f"those of {heads.name} query heads")
     return other, None
 
 
@@ -49,6 +59,8 @@ def _figure(store, run: Run, metric: str | None, compare: str | None, selected) 
     title = f"{run.name}: {label(metric)}" + (f"  (minus {other.name})" if other else "")
     fig = head_grid_figure(run.heads, metric, compare=other.heads if other else None,
                            selected=selected, title=title, meta=run.meta)
+    if is_kv(run.meta):
+        fig = kv_heatmap(fig, run.name, run.meta)
     return fig, (message(msg) if msg else None), _top(run, metric, other)
 
 
@@ -69,17 +81,25 @@ def _top(run: Run, metric: str, other: Run | None):
 
 def _selected_panel(store, run: Run, sel) -> list:
     if not sel:
-        return [message("Click a head in the grid to see its metrics and pattern.", "info")]
+        return [message("Click a KV head in the grid to open its first query head in Head detail." if is_kv(run.meta)
+                        else "Click a head in the grid to see its metrics and pattern.", "info")]
     stream, layer, head = sel
-    children = [html.H3(f"{stream} · layer {layer} · head {head}", id="grid-selected-title"),
-                dcc.Link("Open in head detail →", id="grid-detail-link",
-                         href=href("/detail", run=run.name, stream=stream, layer=layer, head=head))]
+    shown = head                        # the query head previewed: a KV head's first one
+    if is_kv(run.meta):
+        shown = group(run.meta, stream, layer, head)[0]
+        children = [html.H3(unit_link(run.name, run.meta, stream, layer, head)[0], id="grid-selected-title"),
+                    dcc.Link(f"Open query head H{shown} in head detail →", id="grid-detail-link",
+                             href=detail_href(run.name, run.meta, stream, layer, head))]
+    else:
+        children = [html.H3(f"{stream} · layer {layer} · head {head}", id="grid-selected-title"),
+                    dcc.Link("Open in head detail →", id="grid-detail-link",
+                             href=href("/detail", run=run.name, stream=stream, layer=layer, head=head))]
     try:
         index = pick_input(run, None, store.pattern_inputs(run.name))
         if index is not None and store.has_patterns(run.name):
             q, k = run.axes(stream, index)
-            fig = pattern_preview(store.pattern(run.name, stream, layer, index, head), q, k,
-                                  title=f"pattern on input {index}")
+            fig = pattern_preview(store.pattern(run.name, stream, layer, index, shown), q, k,
+                                  title=f"pattern on input {index}" + (f" (H{shown})" if shown != head else ""))
             children.append(dcc.Graph(id="grid-preview", figure=fig,
                                       config={"displayModeBar": False}))
     except RunError as exc:       # an unreadable patterns file hides only the preview
@@ -106,6 +126,11 @@ def _body(store, run: Run, metric, compare, stream, layer, head) -> tuple[list, 
                        clearable=True, exclude=run.name, same_model=run.model),
         ], className="controls"),
         html.Div(msg, id="grid-message"),
+        html.Div(message(f"This run patched node {node(run.meta)} per key/value head: the grid's columns and the "
+                         "top list are KV heads, each named with the query heads that read it; a click opens the "
+                         "first of those query heads in Head detail.", "info") if is_kv(run.meta) else None,
+                 id="grid-kv-note"),
+        dcc.Location(id="grid-go", refresh="callback-nav"),
         html.Div([
             html.Div(dcc.Graph(id="grid-heatmap", figure=fig), className="card grow"),
             html.Div(top, id="grid-top-card", className="card", style=TOP_STYLE),
@@ -151,11 +176,20 @@ def register(app: dash.Dash) -> None:
             return dash.no_update, message(str(exc)), dash.no_update, view, _url_view(view)
         return fig, msg, top, view, _url_view(view)
 
-    @app.callback(Output("grid-head", "data"), Input("grid-heatmap", "clickData"),
-                  prevent_initial_call=True)
-    def _click(click):
+    @app.callback(Output("grid-head", "data"), Output("grid-go", "href"), Input("grid-heatmap", "clickData"),
+                  State("grid-run", "value"), prevent_initial_call=True)
+    def _click(click, name):
+        """A click selects the head; on a k/v run's KV head it opens the group's first query head."""
         sel = clicked_head(click)
-        return list(sel) if sel else dash.no_update
+        if not sel:
+            raise PreventUpdate
+        try:
+            run = current_store().run(name)
+        except RunError:
+            return list(sel), dash.no_update
+        if is_kv(run.meta) and run.has_head(*sel):
+            return dash.no_update, detail_href(run.name, run.meta, *sel)
+        return list(sel), dash.no_update
 
     @app.callback(Output("grid-selected", "children"), Input("grid-head", "data"),
                   State("grid-run", "value"), State("grid-view", "data"),

@@ -37,6 +37,14 @@ def runs_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def kv_runs_dir(tmp_path_factory) -> Path:
+    """CLI-written ``workbench patch --node k`` runs of a tiny GQA Llama (``_kv_runs``)."""
+    from _kv_runs import write_kv_runs
+
+    return write_kv_runs(tmp_path_factory.mktemp("kv-runs"))
+
+
+@pytest.fixture(scope="session")
 def app(runs_dir):
     from workbench.app import create_app
 

@@ -77,7 +77,7 @@ def test_grid_bad_url_values_fall_back(client):
 
 def test_grid_click_selects_and_redraws(client):
     click = {"points": [{"x": 5, "y": 2, "customdata": "cross", "curveNumber": 2}]}
-    status, out = callback(client, "grid-head.data", [click])
+    status, out = callback(client, "grid-head.data", [click], ["whisper"])
     assert status == 200 and out["grid-head.data"] == ["cross", 2, 5]
     shown = {"run": "whisper", "metric": "entropy.mean_nats", "compare": None, "head": None}
     _, out = callback(client, "grid-selected.children", [["cross", 2, 5]], ["whisper", shown])

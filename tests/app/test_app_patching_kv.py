@@ -3,56 +3,31 @@
 query heads they feed in Head detail, not the query head with the same index.
 
 The run is written by the CLI for a tiny random Llama with 6 query heads and 2 KV heads per layer
-(r = 3: KV head k feeds query heads 3k, 3k+1, 3k+2, the grouping of HF's ``repeat_kv``); the
-expected names and links are written out here from that grouping and the saved head table. The
-click on a heatmap cell (client-side JavaScript) is checked in headless Chromium."""
+(r = 3: KV head k feeds query heads 3k, 3k+1, 3k+2, the grouping of HF's ``repeat_kv``; built by
+``_kv_runs``, shared with the Head grid's test); the expected names and links are written out from
+that grouping and the saved head table. The click on a heatmap cell (client-side JavaScript) is
+checked in headless Chromium."""
 from __future__ import annotations
 
 import base64
-import json
 import threading
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-import transformers as tf
 from _dash_client import callback, classes, find, render, texts
+from _kv_runs import LAYERS, N_HEADS, N_KV, R
+from _kv_runs import detail_href as _href
+from _kv_runs import group as _group
 from safetensors.numpy import load_file
-
-N_HEADS, N_KV, LAYERS = 6, 2, 2
-R = N_HEADS // N_KV
-
-
-def _group(kv: int) -> list[int]:
-    return [kv * R + i for i in range(R)]
 
 
 @pytest.fixture(scope="module")
-def kv_run(tmp_path_factory):
+def kv_run(kv_runs_dir):
     from workbench.app import create_app
-    from workbench.cli import main
 
-    root = tmp_path_factory.mktemp("kv-runs")
-    torch.manual_seed(0)
-    cfg = tf.LlamaConfig(num_hidden_layers=LAYERS, num_attention_heads=N_HEADS, num_key_value_heads=N_KV,
-                         hidden_size=48, intermediate_size=64, vocab_size=97, max_position_embeddings=64)
-    tf.LlamaForCausalLM(cfg).save_pretrained(root / "tiny-gqa")
-    pairs = root / "p.jsonl"
-    pairs.write_text("\n".join(json.dumps({"clean": [1, 2, 3, 9, 4], "corrupt": [1, 5, 3, 9, 4], "target": 4,
-                                            "distractor": 6}) for _ in range(2)))
-    runs = root / "runs"
-    assert main(["patch", str(root / "tiny-gqa"), "--task", str(pairs), "--quiet", "--node", "k",
-                 "--method", "exact,atp", "--out", str(runs / "kv")]) == 0
-    assert main(["patch", str(root / "tiny-gqa"), "--task", str(pairs), "--quiet", "--node", "k", "--per-position",
-                 "--out", str(runs / "kvpos")]) == 0
-    assert main(["patch", str(root / "tiny-gqa"), "--task", str(pairs), "--quiet", "--out", str(runs / "z")]) == 0
-    client = create_app(runs).server.test_client()
-    return client, pd.read_parquet(runs / "kv" / "heads.parquet"), runs
-
-
-def _href(run: str, layer: int, head: int) -> str:
-    return f"/detail?run={run}&stream=self&layer={layer}&head={head}"
+    client = create_app(kv_runs_dir).server.test_client()
+    return client, pd.read_parquet(kv_runs_dir / "kv" / "heads.parquet"), kv_runs_dir
 
 
 def test_kv_rows_are_labelled_and_open_their_query_heads(kv_run):
