@@ -2,11 +2,14 @@
 
 - ``dla``: the largest direct logit attributions (mean over inputs) of every component
   (embeddings, heads, MLPs, biases) from ``dla_components.parquet``, and ``dla.value`` per
-  head as a layer x head grid (also a metric of the Head grid; Head detail splits one head's
-  DLA over key positions, ``_circuit_panels``).
-- ``path``: sender x receiver heatmap of path-patching effects with a q | k | v selector.
+  head as a layer x head grid beside its top 10 heads by |DLA| (also a metric of the Head grid;
+  Head detail splits one head's DLA over key positions, ``_circuit_panels``).
+- ``path``: sender x receiver heatmap of path-patching effects with a q | k | v selector, beside
+  it the top 10 sender → receiver pairs of that kind by |effect| (a signed effect).
 - ``composition``: sender x receiver heatmap of composition score minus the random-matrix
-  baseline, q | k | v selector (the receivers with the largest scores when there are many).
+  baseline, q | k | v selector (the receivers with the largest scores when there are many),
+  beside it the top 10 pairs of that kind by highest excess over all receivers.
+Each head in a top list links to its Head detail (``_top_heads``).
 - ``qk``: for the run's head and key position, each upstream component's share of the
   scores through the query and through the key (``qk_summary.parquet``); below, for a chosen
   query and key position, the [query component, key component] contribution matrix with the
@@ -24,6 +27,7 @@ from dash import Input, Output, State, dcc, html
 
 from .._circuit_panels import qk_controls
 from .._circuit_panels import register as register_panels
+from .._top_heads import top_heads_panel, top_pairs_panel
 from ..components import control, dropdown, message
 from ..fig_grid import head_grid_figure
 from ..run import Run, RunError
@@ -32,6 +36,12 @@ from ..view import current_store
 
 KINDS = ("q", "k", "v")
 TOP = 25
+HIDE = {"display": "none"}
+# analysis -> (table, value column, rank by |value|, what the value is): the pair heatmaps' top lists
+PAIRS = {"path": ("path", "effect", True, "path patching effect (metric units), signed"),
+         "composition": ("composition", "excess", False, "composition score minus the random-matrix baseline, "
+                                                        "all receivers")}
+TOP_STYLE = {"flex": "0 0 280px", "fontSize": "13px"}
 
 
 def analyses(run: Run) -> list[str]:
@@ -85,19 +95,29 @@ def qk_figure(summary: pd.DataFrame, head: str, key: int, top: int = TOP) -> go.
 
 def figure(store, run: Run, analysis: str, kind: str = "q"):
     """(figure, note) for one analysis of a run; (None, why) when its table is missing."""
+    return view(store, run, analysis, kind)[:2]
+
+
+def view(store, run: Run, analysis: str, kind: str = "q"):
+    """(figure, note, top list or None): ``figure``'s pair and, for a sender x receiver heatmap,
+    the card of its top pairs of ``kind`` (``PAIRS``), ranked from the same table."""
+    if analysis in PAIRS:
+        name, value, by_abs, what = PAIRS[analysis]
+        t = store.table(run.name, name)
+        if t is None:
+            return None, f"{name}.parquet is missing", None
+        fig = (pair_heatmap(t, value, kind, f"path patching effect via {kind} (metric units)") if analysis == "path"
+               else pair_heatmap(t, value, kind, f"{kind}-composition minus random baseline (top {TOP} receivers)",
+                                 top=TOP))
+        return fig, None, top_pairs_panel(run.name, t, value, kind, "circuits-top-list", by_abs=by_abs, what=what)
+    return (*_figure(store, run, analysis), None)
+
+
+def _figure(store, run: Run, analysis: str):
     info = (run.meta.get("analyses") or {}).get(f"circuit.{analysis}", {})
     if analysis == "dla":
         t = store.table(run.name, "dla_components")
         return (dla_figure(t), None) if t is not None else (None, "dla_components.parquet is missing")
-    if analysis == "path":
-        t = store.table(run.name, "path")
-        title = f"path patching effect via {kind} (metric units)"
-        return (pair_heatmap(t, "effect", kind, title), None) if t is not None else (None, "path.parquet is missing")
-    if analysis == "composition":
-        t = store.table(run.name, "composition")
-        title = f"{kind}-composition minus random baseline (top {TOP} receivers)"
-        return ((pair_heatmap(t, "excess", kind, title, top=TOP), None) if t is not None
-                else (None, "composition.parquet is missing"))
     t = store.table(run.name, "qk_summary")
     return ((qk_figure(t, info.get("head", "?"), info.get("key", 0)), None) if t is not None
             else (None, "qk_summary.parquet is missing"))
@@ -110,20 +130,25 @@ def _body(store, run: Run) -> tuple[list, dict]:
                         "dla|path|qk|composition` adds one.", "info")], {"run": run.name}
     analysis = found[0]
     try:
-        fig, why = figure(store, run, analysis)
+        fig, why, top = view(store, run, analysis)
     except RunError as exc:
-        fig, why = None, str(exc)
+        fig, why, top = None, str(exc), None
     kinds = html.Div(control("q | k | v", dropdown("circuits-kind", list(KINDS), "q")), className="controls",
                      style={"display": "flex" if analysis in ("path", "composition") else "none"})
     extra = []
     if analysis == "dla" and "dla.value" in run.heads.columns:
-        extra = [dcc.Graph(id="circuits-dla-grid", figure=head_grid_figure(
+        grid = dcc.Graph(id="circuits-dla-grid", figure=head_grid_figure(
             run.heads, "dla.value", title=f"{run.name}: direct logit attribution per head (nats, mean over inputs)",
-            meta=run.meta))]
+            meta=run.meta))
+        extra = [html.Div([html.Div(grid, className="card grow"),
+                           html.Div(top_heads_panel(run.name, run.heads, "dla.value", run.meta, "circuits-dla-top"),
+                                    className="card", style=TOP_STYLE)], className="row")]
     elif analysis == "qk":
         extra = qk_controls(store, run)
+    side = html.Div(top, id="circuits-top", className="card", style=TOP_STYLE if top is not None else HIDE)
     return [kinds, message(why, "error") if why else html.Div(),
-            dcc.Graph(id="circuits-graph", figure=fig or {}), *extra], {"run": run.name, "analysis": analysis}
+            html.Div([html.Div(dcc.Graph(id="circuits-graph", figure=fig or {}), className="grow"), side],
+                     className="row"), *extra], {"run": run.name, "analysis": analysis}
 
 
 def layout(run=None, **_q):
@@ -136,12 +161,13 @@ def register(app: dash.Dash) -> None:
     register_run_switch(app, "circuits", _body)
     register_panels(app)
 
-    @app.callback(Output("circuits-graph", "figure"), Input("circuits-kind", "value"),
-                  State("circuits-run", "value"), State("circuits-view", "data"), prevent_initial_call=True)
-    def _kind(kind, name, view):
+    @app.callback(Output("circuits-graph", "figure"), Output("circuits-top", "children"),
+                  Input("circuits-kind", "value"), State("circuits-run", "value"), State("circuits-view", "data"),
+                  prevent_initial_call=True)
+    def _kind(kind, name, shown):
         store = current_store()
         try:
-            fig, _ = figure(store, store.run(name), (view or {}).get("analysis", "path"), kind or "q")
+            fig, why, top = view(store, store.run(name), (shown or {}).get("analysis", "path"), kind or "q")
         except (RunError, ValueError) as exc:
-            return {"layout": {"title": {"text": str(exc)}}}
-        return fig or {}
+            return {"layout": {"title": {"text": str(exc)}}}, message(str(exc))
+        return fig or {}, top if top is not None else message(why or "no pairs to rank", "info")

@@ -39,6 +39,9 @@ def test_top_heads_ranking():
                           "entropy.mean_nats": [2.0, 0.5, np.nan, 1.0], "patch.effect": [0.1, -0.9, 0.3, np.nan]})
     assert ranked(heads, "entropy.mean_nats")[["layer", "head"]].values.tolist() == [[0, 1], [1, 1], [0, 0]]
     assert ranked(heads, "patch.effect")[["layer", "head"]].values.tolist() == [[0, 1], [1, 0], [0, 0]]
+    # DLA is signed even where a run's values all have one sign: by |value|, not highest value first
+    dla = heads.assign(**{"dla.value": [-0.1, -0.9, -0.3, np.nan]})
+    assert ranked(dla, "dla.value")[["layer", "head"]].values.tolist() == [[0, 1], [1, 0], [0, 0]]
 
 
 def test_thumbnails_and_token_view_figures():

@@ -18,7 +18,8 @@ from _dash_client import callback, find, render, texts
 from safetensors.torch import load_file
 
 RUNS = {"dla": ["--analysis", "dla"], "path": ["--analysis", "path", "--receivers", "self/1/0,self/1/3"],
-        "qk": ["--analysis", "qk", "--head", "self/1/2", "--input", "1", "--key", "1"]}
+        "qk": ["--analysis", "qk", "--head", "self/1/2", "--input", "1", "--key", "1"],
+        "comp": ["--analysis", "composition"]}
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,79 @@ def test_path_heatmap_kind_selector(cclient, circuit_runs):
                                                    int(n.split("/")[2]))
 
 
+def _items(panel) -> list[tuple[list, float]]:
+    """A top list's rows: ([(link text, href), ...], value shown)."""
+    rows = []
+    for li in panel["props"]["children"][1]["props"]["children"]:
+        parts = li["props"]["children"]
+        links = [(c["props"]["children"], c["props"]["href"]) for c in parts if isinstance(c, dict) and
+                 "href" in c["props"]]
+        rows.append((links, float(parts[-1]["props"]["children"])))
+    return rows
+
+
+def _link(run: str, name: str) -> tuple[str, str]:
+    stream, layer, head = name.split("/")
+    return name, f"/detail?run={run}&stream={stream}&layer={layer}&head={head}"
+
+
+def _expect_pairs(run: str, values: np.ndarray, senders: list, receivers: list, by_abs: bool) -> list:
+    """([sender link, receiver link], value) of the top 10 cells of ``values`` [sender, receiver]."""
+    cells = [(values[i, j], s, r) for i, s in enumerate(senders) for j, r in enumerate(receivers)
+             if not np.isnan(values[i, j])]
+    cells.sort(key=lambda c: -abs(c[0]) if by_abs else -c[0])
+    return [([_link(run, s), _link(run, r)], float(v)) for v, s, r in cells[:10]]
+
+
+def _same(got: list, want: list):
+    assert [g[0] for g in got] == [w[0] for w in want]
+    for (_, g), (_, w) in zip(got, want):
+        assert g == pytest.approx(w, rel=1e-3, abs=1e-9)            # shown with 4 significant digits
+
+
+def test_circuits_top_lists_rank_the_heatmaps(cclient, circuit_runs):
+    """Beside each Circuits heatmap, its top 10 ranked as the title says, from the saved tensors."""
+    comps = pd.read_parquet(circuit_runs / "dla" / "dla_components.parquet")
+    dla = comps[comps.kind == "head"].groupby("component").dla.mean()
+    dla = dla.reindex(dla.abs().sort_values(ascending=False).index)
+    page = render(cclient, "/circuits", "?run=dla")
+    panel = find(page, "circuits-dla-top")
+    assert texts(panel).startswith(f"Top {len(dla)} heads by |value|")
+    want = [([(f"self L{n.split('/')[1]} H{n.split('/')[2]}", _link("dla", n)[1])], float(v))
+            for n, v in dla.head(10).items()]
+    _same(_items(panel), want)
+    assert find(page, "circuits-top")["props"]["style"] == {"display": "none"}      # the DLA bars are ranked
+
+    meta = json.loads((circuit_runs / "path" / "meta.json").read_text())["analyses"]["circuit.path"]
+    effect = load_file(str(circuit_runs / "path" / "path.safetensors"))["effect"].double().numpy()
+    page = render(cclient, "/circuits", "?run=path")
+    panel = find(page, "circuits-top-list")
+    assert texts(panel).startswith("Top 8 sender → receiver pairs via q, by |effect|")
+    _same(_items(panel), _expect_pairs("path", effect[:, :, 0], meta["senders"], meta["receivers"], True))
+    for kind in ("k", "v"):
+        status, out = callback(cclient, "circuits-graph.figure", [kind], ["path", {"run": "path", "analysis": "path"}])
+        assert status == 200
+        panel = out["circuits-top.children"]
+        assert texts(panel).startswith(f"Top 8 sender → receiver pairs via {kind}, by |effect|")
+        _same(_items(panel), _expect_pairs("path", effect[:, :, meta["kinds"].index(kind)], meta["senders"],
+                                           meta["receivers"], True))
+
+    meta = json.loads((circuit_runs / "comp" / "meta.json").read_text())["analyses"]["circuit.composition"]
+    scores = load_file(str(circuit_runs / "comp" / "composition.safetensors"))["scores"].double().numpy()
+    for kind in ("q", "v"):
+        status, out = callback(cclient, "circuits-graph.figure", [kind],
+                               ["comp", {"run": "comp", "analysis": "composition"}])
+        assert status == 200
+        panel = out["circuits-top.children"]
+        assert texts(panel).startswith(f"Top 10 sender → receiver pairs via {kind}, by highest excess")
+        excess = scores[:, :, meta["kinds"].index(kind)] - meta["baseline"][kind]
+        want = _expect_pairs("comp", excess, meta["heads"], meta["heads"], False)
+        assert want != _expect_pairs("comp", excess, meta["heads"], meta["heads"], True)  # highest, not |value|
+        _same(_items(panel), want)
+    page = render(cclient, "/circuits", "?run=comp")
+    assert texts(find(page, "circuits-top-list")).startswith("Top 10 sender → receiver pairs via q, by highest excess")
+
+
 def _pairs_by_hand(q, k, scaling, names, i, j):
     m = scaling * q[:, i].double() @ k[:, j].double().T
     a, b = divmod(int(m.abs().argmax()), m.shape[1])
@@ -178,6 +252,7 @@ def test_circuit_panels_in_the_browser(browser, circuit_server):
             ("circuits-qk-matrix", "/circuits?run=qk", ("#circuits-graph", "#circuits-qk-matrix")),
             ("circuits-dla", "/circuits?run=dla", ("#circuits-graph", "#circuits-dla-grid")),
             ("circuits-path", "/circuits?run=path", ("#circuits-graph",)),
+            ("circuits-comp", "/circuits?run=comp", ("#circuits-graph",)),
             ("detail-dla", "/detail?run=dla&stream=self&layer=1&head=2&input=1", ("#detail-dla-graph",))):
         open_page(browser, circuit_server + url, *graphs)
         assert not errors_on_page(browser), (name, errors_on_page(browser))
