@@ -270,6 +270,60 @@ def test_fused_z_and_statistics_match_full_softmax(name, dtype):
     assert err <= Z_TOL[dtype], f"{where}: z max error {err:.3g}"
 
 
+def _poison(shape, dtype, device):
+    return torch.full(shape, float("nan") if dtype.is_floating_point else -7, dtype=dtype, device=device)
+
+
+# (case, keys per tile): blocks of a few query rows whose keys span several tiles
+FUSED_TILES = [("decode_T1_offset", 16), ("T63_gqa3_pad_d64", 8), ("T257_window_d32", 48),
+               ("T40_gqa8_softcap_d80", 8), ("chunk_offset_window_d128", 16), ("bidir_additive_sinks", 8),
+               ("empty_row_bool", 8)]
+
+
+@pytest.mark.parametrize("name,tile", FUSED_TILES, ids=[f"{n}-tile{t}" for n, t in FUSED_TILES])
+def test_fused_tiles_combine_to_full_softmax(name, tile, monkeypatch):
+    """The fused path splits each block's keys in tiles and combines them afterwards (row max,
+    mass, entropy from per-tile entropies and shares, argmax, z, column sums): with tiles of a
+    few keys and blocks of 5 rows, every statistic and z still equal the float64 full softmax;
+    outputs are poisoned so an element no block writes fails."""
+    from workbench.cuda.stats import fused
+
+    monkeypatch.setattr(fused, "_alloc", _poison)
+    c = CASES[name]
+    seed = random.randrange(2**31)
+    q, k, allowed, sinks, qmask, keys = case_inputs(c, seed)
+    v = torch.randn(k.shape[:3] + (24,), generator=torch.Generator().manual_seed(seed + 1))
+    scaling = q.shape[-1] ** -0.5
+    got = fused.head_stats_and_z(q, k, v, op_mask(c, allowed, torch.float32), scaling=scaling,
+                                 causal=c.get("causal", True), softcap=c.get("softcap"),
+                                 sliding_window=c.get("window"), sinks=sinks, query_mask=qmask,
+                                 keys=None if keys is None else torch.as_tensor(keys),
+                                 block_bytes=q.shape[0] * q.shape[1] * tile * 4 * 5, tile=tile)
+    where = f"fused tiles {name} tile={tile} seed={seed}"
+    check(got, full_stats(q, k, allowed, scaling, c.get("softcap"), sinks, qmask, keys), TOL[torch.float32], where)
+    want = full_z(q, k, v, allowed, scaling, c.get("softcap"), sinks)
+    err = (got.z.double() - want).nan_to_num(nan=1.0).abs().max().item()
+    assert err <= Z_TOL[torch.float32], f"{where}: z max error {err:.3g}"
+
+
+def test_fused_argmax_and_entropy_across_tiles_with_distant_maxima():
+    """Rows whose max sits in a late tile, far above the earlier tiles (shares e^(mx_t - m)
+    underflow to 0), and rows with an exact tie between tiles (the first key wins)."""
+    from workbench.cuda.stats import fused
+
+    k = torch.zeros(1, 1, 40, 4)
+    k[0, 0, :, 0] = k[0, 0, :, 1] = torch.linspace(-5, 5, 40)
+    k[0, 0, 35, 1] = 200.0                        # row 0: the max in the last tile, 195 above every other tile
+    k[0, 0, 3, 0] = k[0, 0, 30, 0] = 300.0        # row 1: an exact tie at keys 3 and 30 (tiles 0 and 3)
+    q = torch.zeros(1, 1, 3, 4)
+    q[0, 0, 0, 1], q[0, 0, 1, 0], q[0, 0, 2, 0] = 1.0, 1.0, -1.0     # row 2: max at key 0 (score 5)
+    got = fused.head_stats_and_z(q, k, torch.randn(1, 1, 40, 8), scaling=1.0, causal=False, tile=8)
+    assert got.max_pos[0, 0].tolist() == [35, 3, 0]
+    ref = full_stats(q, k, torch.ones(1, 3, 40, dtype=torch.bool), 1.0)
+    torch.testing.assert_close(got.entropy.double(), ref["entropy"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(got.col_sum.double(), ref["col_sum"], atol=1e-6, rtol=0)
+
+
 def test_fused_needs_the_pytorch_path():
     from workbench.cuda.stats import z_available
     from workbench.errors import UserError
