@@ -26,6 +26,7 @@ def eager_probs(
     softmax_fp32: bool = True,
     rows: slice | None = None,
     with_lse: bool = False,
+    work: torch.Tensor | None = None,
 ):
     """Eager attention probabilities and the allowed-key mask as HF's eager path computes them:
     scores in the query dtype, softmax in float32 (``softmax_fp32``, Llama-style) or in the
@@ -47,6 +48,11 @@ def eager_probs(
         rows: only these query rows (a ``slice`` with a start and a stop; default all);
             the causal offset of the rows is kept.
         with_lse: also return the log-sum-exp of each row's scores (sink logit included).
+        work: float32 [2, n] with n >= batch x head x rows x key_pos: scores and probabilities
+            are written there (``pattern`` is then a view of ``work[1]``) instead of into new
+            tensors, with the same values bit for bit; used only for float32 queries without
+            soft-capping or sinks (else ignored). ``head_stats`` passes one per call (not where
+            autograd records q or k: out= has no gradient), so its blocks do not fragment the heap.
 
     Returns:
         pattern: float32 [batch, head, rows, key_pos]; rows with no allowed key are 0;
@@ -76,6 +82,14 @@ def eager_probs(
         window = (qi - kj < sliding_window)[None, None]
         allowed = window if allowed is None else allowed & window
     additive = attention_mask is not None and attention_mask.dtype != torch.bool
+    if work is not None and query.dtype == torch.float32 and softcap is None and sinks is None:
+        pattern = _probs_into(work, query, key, attention_mask, allowed, additive, scaling)
+        if allowed is None:
+            allowed = torch.ones(1, 1, tq, tk, dtype=torch.bool, device=query.device)
+        elif not bool(allowed.any(-1).all()):
+            pattern.nan_to_num_(nan=0.0)                    # rows with no allowed key
+        return (pattern, allowed, torch.logsumexp(work[0, :pattern.numel()].view(pattern.shape), dim=-1)) \
+            if with_lse else (pattern, allowed)
     # scale (+ mask in the same pass: baddbmm(bias, q, k^T) with bias 0 / -inf plus any
     # finite additive mask values) in the query dtype as eager attention does
     bias = torch.zeros((), dtype=query.dtype, device=query.device)
@@ -107,6 +121,23 @@ def eager_probs(
     return (pattern, allowed, lse) if with_lse else (pattern, allowed)
 
 
+def _probs_into(work, query, key, attention_mask, allowed, additive: bool, scaling: float) -> torch.Tensor:
+    """``eager_probs``' float32 scores and softmax written into ``work`` (the same operations as
+    its allocating path: the bias 0 / -inf (+ additive values) laid down where baddbmm's input
+    would be copied, then baddbmm_ with beta 1, then the softmax kernel with ``out=``)."""
+    b, h, tq, d = query.shape
+    tk = key.shape[2]
+    scores = work[0, :b * h * tq * tk].view(b, h, tq, tk)
+    scores.zero_()
+    if allowed is not None:
+        scores.masked_fill_(~allowed, float("-inf"))
+        if additive:
+            scores.add_(torch.where(allowed, attention_mask[..., :tk].to(query.dtype), 0))
+    s3 = scores.view(b * h, tq, tk)
+    s3.baddbmm_(query.reshape(b * h, tq, d), key.reshape(b * h, tk, d).transpose(1, 2), alpha=scaling)
+    return torch.ops.aten._softmax.out(scores, -1, False, out=work[1, :b * h * tq * tk].view(b, h, tq, tk))
+
+
 def repeat_kv(key: torch.Tensor, n_heads: int) -> torch.Tensor:
     """[batch, kv_head, pos, d] -> [batch, n_heads, pos, d] (GQA: each KV head serves
     n_heads / kv_head query heads); the same tensor when there is nothing to repeat."""
@@ -123,10 +154,12 @@ def row_blocks(query: torch.Tensor, key_len: int, block_bytes: int) -> list[slic
     return [slice(s, min(s + step, tq)) for s in range(0, tq, step)]
 
 
-def reduce_block(pattern: torch.Tensor, allowed: torch.Tensor, query_mask: torch.Tensor | None) -> dict:
+def reduce_block(pattern: torch.Tensor, allowed: torch.Tensor, query_mask: torch.Tensor | None,
+                 work: torch.Tensor | None = None) -> dict:
     """Reduce probabilities [batch, head, q, k] (float32) to the fields of ``HeadStatsOut``
     that need no scores: entropy, n_keys, col_sum, col_count, max_pos, max_prob.
-    ``query_mask``: [batch, q] (1 = a real query; only these count in the column sums)."""
+    ``query_mask``: [batch, q] (1 = a real query; only these count in the column sums).
+    ``work``: float32, at least pattern's size, for the entropy's p ln p (else a new tensor)."""
     pattern = pattern.float()
     b, h, tq, tk = pattern.shape
     allowed_b = allowed.expand(b, -1, tq, tk)[:, 0]
@@ -134,7 +167,8 @@ def reduce_block(pattern: torch.Tensor, allowed: torch.Tensor, query_mask: torch
              else query_mask[:, -tq:].to(pattern.device, pattern.dtype))
     max_pos = pattern.argmax(-1)
     return dict(
-        entropy=-torch.special.xlogy(pattern, pattern).sum(-1),
+        entropy=-(torch.special.xlogy(pattern, pattern) if work is None
+                  else torch.special.xlogy(pattern, pattern, out=work[:pattern.numel()].view(pattern.shape))).sum(-1),
         n_keys=allowed_b.sum(-1),
         col_sum=torch.einsum("bhqk,bq->bhk", pattern, qmask),
         col_count=torch.einsum("bqk,bq->bk", allowed_b.to(pattern.dtype), qmask),
@@ -167,11 +201,21 @@ def head_stats(
     qm = None if query_mask is None else query_mask[:, -query.shape[2]:]
     parts = []
     sums: dict = {}                                   # col_sum / col_count: one running [b, (h,) key] each,
-    for rows in row_blocks(query, key.shape[2], block_bytes):   # not one per block (memory linear in T)
+    blocks = row_blocks(query, key.shape[2], block_bytes)       # not one per block (memory linear in T)
+    # every block's scores, probabilities and p ln p in one buffer allocated once per call: blocks
+    # allocating their own fragment glibc's heap (its mmap threshold rises to the block size after
+    # the first free), so peak RSS ends far above what is in use; the values are the same bit for bit
+    work = None
+    tracked = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)   # out= has no autograd
+    if query.dtype == torch.float32 and softcap is None and sinks is None and not tracked:
+        b, h, _, tk = *query.shape[:3], key.shape[2]
+        work = torch.empty(2, b * h * max(r.stop - r.start for r in blocks) * tk, dtype=torch.float32,
+                           device=query.device)
+    for rows in blocks:
         pattern, allowed, *row_lse = eager_probs(query, key, attention_mask, scaling=scaling, causal=causal,
                                                  softcap=softcap, sliding_window=sliding_window, sinks=sinks,
-                                                 softmax_fp32=softmax_fp32, rows=rows, with_lse=lse)
-        part = reduce_block(pattern, allowed, None if qm is None else qm[:, rows])
+                                                 softmax_fp32=softmax_fp32, rows=rows, with_lse=lse, work=work)
+        part = reduce_block(pattern, allowed, None if qm is None else qm[:, rows], None if work is None else work[0])
         if lse:
             part["lse"] = row_lse[0]
         part["key_mass"] = pattern[..., keys] if keys is not None else pattern.new_zeros(pattern.shape[:3] + (0,))
