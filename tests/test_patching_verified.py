@@ -109,3 +109,18 @@ def test_patch_command_runs_verified_atp_star(tmp_path):
     assert not (tmp_path / ".run.units").exists()
     assert main(["patch", str(folder), "--task", str(pairs), "--out", str(tmp_path / "x"),
                  "--quiet", "--method", "atp-star-verified", "--verify-k", "0"]) == 2
+
+
+@pytest.mark.parametrize("node", ["z", "q"])
+def test_zero_denoising_verified_effects_equal_the_full_sweep(llama, node):
+    """Zero denoising restores one head into a model with every head ablated: the verified heads'
+    exact effects must be those of the full exact sweep (the exact step once ablated only the
+    K + sample verified heads in its base run)."""
+    m, clean, corrupt, met = llama
+    kw = dict(ablation="zero", direction="denoising", node=node)
+    res = verified_patch(m, clean, met, corrupt=corrupt, k=3, sample=2, top=2, seed=1, **kw)
+    exact = patch(m, clean, met, corrupt=corrupt, method="exact", **kw)
+    done = [i for i, r in enumerate(res.role) if r]
+    assert len(done) == 5 and exact.per_input[done].abs().max() > 1e-3
+    torch.testing.assert_close(res.per_input[done], exact.per_input[done], atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.base_metric, exact.base_metric, atol=1e-6, rtol=0)

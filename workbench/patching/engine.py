@@ -114,10 +114,15 @@ class Sweep:
         heads: heads to patch (default: every head of every site).
         config: ``PatchConfig``.
         reference: inputs whose mean z defines ``mean`` ablation (default: ``clean``).
+        prior: an earlier sweep of the same model over the same ``clean`` / ``corrupt`` /
+            ``metric`` / ``reference`` objects, ablation, direction, node and shards, over a
+            superset of these heads (verified AtP*: the AtP* sweep before its exact one): its
+            clean and corrupt metrics, means and resample sources are reused instead of
+            recomputed (one to three forwards fewer).
     """
 
     def __init__(self, model, clean: Batch, metric, *, corrupt: Batch | None = None, heads=None,
-                 config: PatchConfig = PatchConfig(), reference: Batch | None = None):
+                 config: PatchConfig = PatchConfig(), reference: Batch | None = None, prior: "Sweep | None" = None):
         self.model, self.clean, self.corrupt, self.metric, self.cfg = model, clean, corrupt, metric, config
         self.reference = reference
         if config.ablation == "resample" and corrupt is None:
@@ -143,24 +148,40 @@ class Sweep:
         n = len(clean)
         step = config.shard_size or n
         self.shards = [list(range(i, min(i + step, n))) for i in range(0, n, step)]
-        with torch.no_grad():
-            out = model.run(clean).output
-            from .metrics import gather_positions, output_tensor
+        shared = prior is not None and prior.model is model and prior.clean is clean and prior.corrupt is corrupt \
+            and prior.metric is metric and prior.reference is reference and prior.shards == self.shards \
+            and (prior.cfg.ablation, prior.cfg.direction, prior.cfg.node) == (config.ablation, config.direction, node) \
+            and set(heads) <= set(prior.heads)
+        self._sources: dict = prior._sources if shared else {}      # shard -> resample source (one shard only)
+        if shared:                                                  # metric already bound to this clean run
+            self.clean_metric, self.corrupt_metric = prior.clean_metric, prior.corrupt_metric
+        else:
+            with torch.no_grad():
+                out = model.run(clean).output
+                from .metrics import gather_positions, output_tensor
 
-            metric.bind(gather_positions(output_tensor(out, metric.output), metric.positions()))
-            self.clean_metric = metric.evaluate(out).float().cpu()
-            self.corrupt_metric = None if corrupt is None else metric.evaluate(model.run(corrupt).output).float().cpu()
+                metric.bind(gather_positions(output_tensor(out, metric.output), metric.positions()))
+                self.clean_metric = metric.evaluate(out).float().cpu()
+                self.corrupt_metric = None if corrupt is None else \
+                    metric.evaluate(model.run(corrupt).output).float().cpu()
         self.means = None
-        if config.ablation == "mean" and node != "z":
+        if shared and prior.means is not None:
+            self.means = prior.means
+        elif config.ablation == "mean" and node != "z":
             self.means = nodes.means(model, reference if reference is not None else clean, self.keys, node)
         elif config.ablation == "mean":
             self.means = model.mean_z(reference if reference is not None else clean, heads)
+        # zero / mean denoising ablates every head of the sweep in the base run; after a ``prior``
+        # sweep (verified AtP*), every head of that one, so effects equal the full sweep's
+        self.ablated = list(prior.heads) if shared else heads
         self.edits, self.node_edits = [], None           # the base run's edits: z (Ablate) or q/k/v ablated
         if config.direction == "denoising" and config.ablation != "resample":
             if node == "z":
-                self.edits = [Ablate(tuple(heads), config.ablation, self.means)]
+                self.edits = [Ablate(tuple(self.ablated), config.ablation, self.means)]
             else:
-                self.node_edits = nodes.ablated(self.by_key, node, config.ablation, self.means)
+                by_key = {k: [h.head for h in self.ablated if h.site_key == k]
+                          for k in sorted({h.site_key for h in self.ablated})}
+                self.node_edits = nodes.ablated(by_key, node, config.ablation, self.means)
         self._setup_cache: tuple[int, dict] | None = None
 
     # -- units -------------------------------------------------------------------------
@@ -189,7 +210,8 @@ class Sweep:
         skip = ("max_rows", "update", "max_tokens") + (("node",) if self.cfg.node == "z" else ())
         h.update(json.dumps({"model": self.model.name, "weights": self.model.meta.get("weights_sha256"),
                              "config": {k: v for k, v in asdict(self.cfg).items() if k not in skip},
-                             "metric": self.metric.describe(), "heads": [x.name for x in self.heads]},
+                             "metric": self.metric.describe(), "heads": [x.name for x in self.heads],
+                             **({"ablated": [x.name for x in self.ablated]} if self.ablated != self.heads else {})},
                             sort_keys=True, default=str).encode())
         for b in (self.clean, self.corrupt):
             hash_inputs(h, b)
@@ -253,12 +275,18 @@ class Sweep:
         base = self._base_batch().select(idx)
         node = self.cfg.node
         st = {"idx": torch.tensor(idx), "base": base}
-        st["source"] = self._source(idx) if node == "z" else self._node_source(idx)
+        if shard in self._sources:
+            st["source"] = self._sources[shard]
+        else:
+            st["source"] = self._source(idx) if node == "z" else self._node_source(idx)
+            if self.cfg.ablation == "resample" and len(self.shards) == 1:   # kept for a later sweep (``prior``)
+                self._sources[shard] = st["source"]
         method = self.cfg.method
         if method == "exact":
             from ._resume import Resumable
 
-            with nodes.hooked(self.model, self.keys, capture=True, replace=self.node_edits) if node != "z" \
+            with nodes.hooked(self.model, sorted(set(self.keys) | set(self.node_edits or {})), capture=True,
+                              replace=self.node_edits) if node != "z" \
                     else nullcontext() as hook:
                 res = Resumable(self.model, base, self.edits, self.metric.positions()[st["idx"]], self.metric.output,
                                 node_edits=self.node_edits)
@@ -392,10 +420,17 @@ def patch(model, clean: Batch, metric, *, corrupt: Batch | None = None, heads=No
             clean/corrupt pairs of different lengths, unknown heads; UserError: an unknown node
             (``nodes.check_node``).
     """
-    t0 = time.perf_counter()
     cfg = PatchConfig(method, ablation, direction, per_position, shard_size, max_rows, update, sites_per_unit,
                       max_tokens, node)
-    sweep = Sweep(model, clean, metric, corrupt=corrupt, heads=heads, config=cfg, reference=reference)
+    return run_sweep(model, clean, metric, cfg, corrupt=corrupt, heads=heads, reference=reference,
+                     executor=executor, store=store)[0]
+
+
+def run_sweep(model, clean: Batch, metric, cfg: PatchConfig, *, corrupt=None, heads=None, reference=None,
+              executor=None, store: str | None = None, prior: Sweep | None = None) -> tuple[PatchResult, Sweep]:
+    """``patch`` with a ``PatchConfig``; also returns the ``Sweep`` (a later sweep's ``prior``)."""
+    t0 = time.perf_counter()
+    sweep = Sweep(model, clean, metric, corrupt=corrupt, heads=heads, config=cfg, reference=reference, prior=prior)
     unit_store = UnitStore(store, sweep.store_key()) if store is not None else None
     results = run_units(sweep.run_unit, sweep.units(), executor, unit_store)
-    return sweep.assemble(results, time.perf_counter() - t0)
+    return sweep.assemble(results, time.perf_counter() - t0), sweep

@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from ..errors import UserError
-from .engine import patch
+from .engine import PatchConfig, run_sweep
 from .result import PatchResult
 
 NAME = "atp*-verified"
@@ -131,10 +131,12 @@ def verified_patch(model, clean, metric, *, corrupt=None, heads=None, k: int = 4
         raise UserError(f"verified AtP* needs k >= 1, sample >= 0, 1 <= top <= k and 0 < alpha < 1 "
                         f"(got k={k}, sample={sample}, top={top}, alpha={alpha})")
     store = kw.pop("store", None)
-    common = dict(corrupt=corrupt, ablation=ablation, direction=direction, node=node, **kw)
+    run = {name: kw.pop(name, None) for name in ("corrupt", "reference", "executor")}
+    run["corrupt"] = corrupt
+    cfg = dict(ablation=ablation, direction=direction, node=node, **kw)
     t0 = time.perf_counter()
-    approx = patch(model, clean, metric, heads=heads, method="atp*",
-                   store=None if store is None else f"{store}/{STORES[0]}", **common)
+    approx, first = run_sweep(model, clean, metric, PatchConfig("atp*", **cfg), heads=heads,
+                              store=None if store is None else f"{store}/{STORES[0]}", **run)
     t_atp = time.perf_counter() - t0
     all_heads = approx.heads
     n = len(all_heads)
@@ -147,9 +149,9 @@ def verified_patch(model, clean, metric, *, corrupt=None, heads=None, k: int = 4
     picked = [rest[int(j)] for j in torch.randperm(len(rest), generator=g)[:sample].tolist()]
     rows = sorted(chosen + picked)
     t1 = time.perf_counter()
-    exact_kw = {"sites_per_unit": None, **common}     # K heads scattered over the layers: one pipelined unit
-    exact = patch(model, clean, metric, heads=[all_heads[i] for i in rows], method="exact",
-                  store=None if store is None else f"{store}/{STORES[1]}", **exact_kw)
+    exact_cfg = PatchConfig("exact", **{"sites_per_unit": None, **cfg})   # K heads over the layers: one pipelined unit
+    exact, _ = run_sweep(model, clean, metric, exact_cfg, heads=[all_heads[i] for i in rows], prior=first,
+                         store=None if store is None else f"{store}/{STORES[1]}", **run)
     t_exact = time.perf_counter() - t1
     per_input = torch.full((n, len(clean)), float("nan"))
     per_input[torch.tensor(rows)] = exact.per_input
