@@ -248,7 +248,8 @@ def test_reference_blocks_into_one_buffer_bit_for_bit(name):
     q, k, allowed, _, qmask, _ = case_inputs(c, seed)
     mask = op_mask(c, allowed, torch.float32)
     if name == "additive_finite_values":                 # finite additive values beyond 0 / min
-        mask = mask + torch.where(allowed[:, None], torch.randn(mask.shape, generator=torch.Generator().manual_seed(seed)), 0)
+        extra = torch.randn(mask.shape, generator=torch.Generator().manual_seed(seed))
+        mask = mask + torch.where(allowed[:, None], extra, 0)
     kr = naive.repeat_kv(k, q.shape[1])
     kw = dict(scaling=0.3, causal=c.get("causal", True), sliding_window=c.get("window"), with_lse=True)
     blocks = naive.row_blocks(q, k.shape[2], 4 * q.shape[0] * q.shape[1] * k.shape[2] * 3)     # 3 rows each
