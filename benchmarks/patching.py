@@ -177,15 +177,17 @@ def one_task(model, corruption: str, args, node: str = "z") -> dict:
             lambda k=k: verified_patch(model, task.clean, task.metric, corrupt=task.corrupt, k=k,
                                        sample=args.verify_sample, top=min(20, k), node=node))
     best: dict = {}
+    cpu: dict = {}                                   # process CPU seconds (robust on a shared machine)
     results: dict = {}
     for _ in range(args.reps):                       # round robin, keep the fastest of each
         for name, fn in runners.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             r = fn()
-            dt = time.perf_counter() - t
+            dt, dc = time.perf_counter() - t, time.process_time() - c
             if name.startswith(("naive", "TransformerLens")):
-                dt *= scale
+                dt, dc = dt * scale, dc * scale
             best[name] = min(best.get(name, float("inf")), dt)
+            cpu[name] = min(cpu.get(name, float("inf")), dc)
             results[name] = r
     exact = results["fast exact (update=z)"]
     ref = exact.per_input
@@ -196,7 +198,7 @@ def one_task(model, corruption: str, args, node: str = "z") -> dict:
         results = {**{n: r for n, r in results.items() if n != "AtP*"},
                    "AtP": dataclasses.replace(star, per_input=star.extra["atp"], method="atp", extra={}),
                    "AtP*": star}
-        best["AtP"] = float("nan")
+        best["AtP"] = cpu["AtP"] = float("nan")
 
     def effects(r):
         return r if torch.is_tensor(r) else r.per_input
@@ -213,6 +215,8 @@ def one_task(model, corruption: str, args, node: str = "z") -> dict:
             top_k = {i for i, role in enumerate(r.role) if role == "top-k"}
             budget = best["AtP*"] + v["k"] / n_heads * best["fast exact (update=z)"]
             budget_m = best["AtP*"] + (v["k"] + v["sample"]) / n_heads * best["fast exact (update=z)"]
+            cbudget = cpu["AtP*"] + v["k"] / n_heads * cpu["fast exact (update=z)"]
+            cbudget_m = cpu["AtP*"] + (v["k"] + v["sample"]) / n_heads * cpu["fast exact (update=z)"]
             rows.append((name, best[name], diff, spearman(score, exact.effect.abs()), None,
                          recall_at(score, exact.effect.abs())))
             missed = sorted(top_exact - top_k, key=lambda i: -float(exact.effect[i].abs()))
@@ -227,7 +231,8 @@ def one_task(model, corruption: str, args, node: str = "z") -> dict:
             extra.append(f"{name}: exact top-20 found in the AtP* top {v['k']}: {len(top_exact & top_k)}/20; "
                          f"time {best[name]:.1f} s (AtP* {v['seconds_atp_star']:.1f} + exact "
                          f"{v['seconds_exact']:.1f}) vs budget AtP* + K/N exact = {budget:.1f} s "
-                         f"(+ sample: {budget_m:.1f} s); false negatives: {v['important_in_sample']}/{v['sample']} "
+                         f"(+ sample: {budget_m:.1f} s); CPU {cpu[name]:.1f} s vs budget {cbudget:.1f} s (+ sample: "
+                         f"{cbudget_m:.1f} s); false negatives: {v['important_in_sample']}/{v['sample']} "
                          f"sampled >= tau {v['tau']:.3g}, estimate {v['false_negatives_estimate']:.1f}, "
                          f"95% bound {v['false_negatives_ucb']} of {v['unverified']}")
             continue
@@ -255,21 +260,24 @@ def one_task(model, corruption: str, args, node: str = "z") -> dict:
           f"best of {args.reps}")
     for note in notes:
         print(note)
-    hdr = (f"{'method':34s} {'time s':>8s} {'t/t_fast':>8s} {'max|diff|':>10s} {'rho |e|':>8s} {'rho e':>7s} "
-           f"{'top20':>6s}")
+    hdr = (f"{'method':34s} {'time s':>8s} {'t/t_fast':>8s} {'cpu s':>7s} {'c/c_fast':>8s} {'max|diff|':>10s} "
+           f"{'rho |e|':>8s} {'rho e':>7s} {'top20':>6s}")
     print(hdr)
     print("-" * len(hdr))
     for name, sec, diff, rho_abs, rho, rec in rows:
         f = lambda v, w, p: f"{v:>{w}.{p}f}" if v is not None and v == v else f"{'':>{w}s}"  # noqa: E731
         speed = sec / fig["exact"] if sec == sec else None
+        c = cpu.get(name, float("nan"))
+        cspeed = c / cpu["fast exact (update=z)"] if c == c else None
         dstr = f"{diff:>10.2e}" if diff is not None else f"{'':>10s}"
-        print(f"{name:34s} {f(sec, 8, 1)} {f(speed, 7, 2)}x {dstr} {f(rho_abs, 8, 3)} {f(rho, 7, 3)} {f(rec, 6, 2)}")
+        print(f"{name:34s} {f(sec, 8, 1)} {f(speed, 7, 2)}x {f(c, 7, 1)} {f(cspeed, 7, 2)}x {dstr} {f(rho_abs, 8, 3)} "
+              f"{f(rho, 7, 3)} {f(rec, 6, 2)}")
     if args.lean:
         for k in [int(x) for x in args.verify_k.split(",") if x.strip()]:
             extra.append(derived_verified(exact, results["AtP*"], results["AtP"], k))
     for line in extra:
         print(line)
-    return {"rows": rows, "notes": extra, "seconds": best, "n": ids.shape[0], "tokens": ids.shape[1],
+    return {"rows": rows, "notes": extra, "seconds": best, "cpu_seconds": cpu, "n": ids.shape[0], "tokens": ids.shape[1],
             "corruption": corruption, "node": node, "reps": args.reps}
 
 
