@@ -33,7 +33,6 @@ from __future__ import annotations
 import torch
 
 from ._types import HeadStatsOut
-from ._work import work_buffer
 
 # keys per score tile, and the query rows (GQA heads x positions) sharing one matrix product with
 # a KV head's keys; measured best of 256/512/768/1024 keys and 96-384 rows on one smollm2 layer
@@ -129,13 +128,12 @@ def head_stats_and_z(
     r_max = max(1, min(-(-GEMM_ROWS // g), block_bytes // (b * h * tile * 4), STORE_BYTES // (b * h * tk * 4)))
     blocks = _blocks(lo, hi, r_max)
     nt_max = max(-(-(c.stop - c.start) // tile) for _, c in blocks)
-    # one buffer per call, apart from the heap (``_work``): scratch holds a tile's scores, a partial
-    # tile's probabilities, then a block's argmax rows and column sums; then per tile of a block its
-    # probabilities, z and row statistics (max, 1 / l_t, u_t). Temporaries whose size varies from
-    # block to block are avoided too: they fragment the heap
+    # one buffer per call: scratch holds a tile's scores, a partial tile's probabilities, then a
+    # block's argmax rows and column sums; then per tile of a block its probabilities, z and row
+    # statistics (max, 1 / l_t, u_t). No temporaries whose size varies by block: they fragment the heap
     sizes = (2 * b * h * max(r_max, nt_max) * tile, nt_max * b * h * r_max * tile, nt_max * b * h * r_max * dv,
              3 * nt_max * b * h * r_max)
-    scratch, probs, zs, rowst = work_buffer(sum(sizes), dev).split(sizes)
+    scratch, probs, zs, rowst = torch.empty(sum(sizes), **f32).split(sizes)
     scratch, rowst = scratch.view(2, -1), rowst.view(3, -1)
     for rows, cols in blocks:
         r, n = rows.stop - rows.start, cols.stop - cols.start

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from ._types import HeadStatsOut
-from ._work import work_buffer
 
 
 def eager_probs(
@@ -203,15 +202,15 @@ def head_stats(
     parts = []
     sums: dict = {}                                   # col_sum / col_count: one running [b, (h,) key] each,
     blocks = row_blocks(query, key.shape[2], block_bytes)       # not one per block (memory linear in T)
-    # every block's scores, probabilities and p ln p in one buffer per call, apart from the heap
-    # (``_work``): blocks allocating their own fragment glibc's heap (its mmap threshold rises to the
-    # block size after the first free), so peak RSS ends far above what is in use; the values are
-    # the same bit for bit
+    # every block's scores, probabilities and p ln p in one buffer allocated once per call: blocks
+    # allocating their own fragment glibc's heap (its mmap threshold rises to the block size after
+    # the first free), so peak RSS ends far above what is in use; the values are the same bit for bit
     work = None
     tracked = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)   # out= has no autograd
     if query.dtype == torch.float32 and softcap is None and sinks is None and not tracked:
         b, h, _, tk = *query.shape[:3], key.shape[2]
-        work = work_buffer(2 * b * h * max(r.stop - r.start for r in blocks) * tk, query.device).view(2, -1)
+        work = torch.empty(2, b * h * max(r.stop - r.start for r in blocks) * tk, dtype=torch.float32,
+                           device=query.device)
     for rows in blocks:
         pattern, allowed, *row_lse = eager_probs(query, key, attention_mask, scaling=scaling, causal=causal,
                                                  softcap=softcap, sliding_window=sliding_window, sinks=sinks,
