@@ -126,15 +126,14 @@ def head_stats_and_z(
         n_keys = _alloc((b, tq), torch.long, dev)
         col_count = torch.zeros(b, tk, **f32)
     r_max = max(1, min(-(-GEMM_ROWS // g), block_bytes // (b * h * tile * 4), STORE_BYTES // (b * h * tk * 4)))
-    blocks = _blocks(lo, hi, r_max)
+    blocks = row_blocks(lo, hi, r_max)
     nt_max = max(-(-(c.stop - c.start) // tile) for _, c in blocks)
-    # one buffer per call: scratch holds a tile's scores, a partial tile's probabilities, then a
-    # block's argmax rows and column sums; then per tile of a block its probabilities, z and row
-    # statistics (max, 1 / l_t, u_t). No temporaries whose size varies by block: they fragment the heap
-    sizes = (2 * b * h * max(r_max, nt_max) * tile, nt_max * b * h * r_max * tile, nt_max * b * h * r_max * dv,
-             3 * nt_max * b * h * r_max)
-    scratch, probs, zs, rowst = torch.empty(sum(sizes), **f32).split(sizes)
-    scratch, rowst = scratch.view(2, -1), rowst.view(3, -1)
+    # allocated once per call (blocks of varying widths would fragment the heap): one tile's scores,
+    # and per tile of a block its probabilities, z and row statistics (max, 1 / l_t, u_t)
+    scratch = torch.empty(b * h * r_max * tile, **f32)
+    probs = torch.empty(nt_max * b * h * r_max * tile, **f32)
+    zs = torch.empty(nt_max * b * h * r_max * dv, **f32)
+    rowst = torch.empty(3, nt_max * b * h * r_max, **f32)
     for rows, cols in blocks:
         r, n = rows.stop - rows.start, cols.stop - cols.start
         nt = -(-n // tile)
@@ -161,7 +160,7 @@ def head_stats_and_z(
             c0 = cols.start + t * tile
             c1 = min(cols.stop, c0 + tile)
             w = c1 - c0
-            s = torch.bmm(qb, k32[:, c0:c1].transpose(1, 2), out=scratch[0, :b * h * r * w].view(b * kvh, g * r, w))
+            s = torch.bmm(qb, k32[:, c0:c1].transpose(1, 2), out=scratch[:b * h * r * w].view(b * kvh, g * r, w))
             s = s.view(b, h, r, w)
             if softcap is not None:                      # Gemma 2: cap the scores, then mask
                 s.div_(softcap).tanh_().mul_(softcap)
@@ -180,7 +179,7 @@ def head_stats_and_z(
             if w == tile:
                 torch.ops.aten._softmax.out(s, -1, False, out=p)
             else:                                         # the block's last, partial tile: 0 beyond its keys
-                p.copy_(torch.ops.aten._softmax.out(s, -1, False, out=scratch[1, :b * h * r * w].view(b, h, r, w)))
+                p.copy_(torch.softmax(s, -1))
                 P[t, ..., w:].zero_()
             torch.amax(p, -1, out=LT[t])                  # e^0 / l_t
             torch.sum(s.mul_(p), -1, out=U[t])            # u_t = sum_k p_k t_k; s is spent
@@ -206,8 +205,7 @@ def head_stats_and_z(
             max_prob[:, :, rows] = c / l
         # argmax: the first tile holding the row max, then the first key at that tile's max
         tstar = (MX == smax).to(torch.uint8).argmax(0).view(-1)                       # [b h r]
-        at = tstar * (b * h * r) + torch.arange(b * h * r, device=dev)
-        rowp = torch.index_select(P.view(nt * b * h * r, tile), 0, at, out=scratch[1, :b * h * r * tile].view(-1, tile))
+        rowp = P.view(nt, b * h * r, tile)[tstar, torch.arange(b * h * r, device=dev)]
         kpos = (_max_argmax(rowp)[1] + tstar * tile).view(b, h, r) + cols.start
         max_pos[:, :, rows] = kpos if empty is None else torch.where(empty, 0, kpos)
         if lse:
@@ -218,12 +216,9 @@ def head_stats_and_z(
             kt, kc = off.clamp(0, n - 1) // tile, off.clamp(0, n - 1) % tile
             key_mass[:, :, rows] = (P[kt, ..., kc] * bc[kt]).permute(1, 2, 3, 0) * inside
         wq = bc if qm is None else bc * qm[:, None, rows]                             # [nt, b, h, r]
-        cs = torch.bmm(wq.reshape(nt * b * h, 1, r), P.view(nt * b * h, r, tile),
-                       out=scratch[1, :nt * b * h * tile].view(nt * b * h, 1, tile)).view(nt, b, h, tile)
-        for t in range(nt):                               # (no temporaries whose size varies by block: heap)
-            c0 = cols.start + t * tile
-            col_sum[..., c0:min(cols.stop, c0 + tile)] += cs[t, ..., :min(cols.stop, c0 + tile) - c0]
-        z[:, rows] = Zt.view(nt, b, h, r, dv).mul_(bc[..., None]).sum(0).transpose(1, 2)
+        cs = torch.bmm(wq.reshape(nt * b * h, 1, r), P.view(nt * b * h, r, tile)).view(nt, b, h, tile)
+        col_sum[..., cols] += cs.permute(1, 2, 0, 3).reshape(b, h, nt * tile)[..., :n]
+        z[:, rows] = (bc[..., None] * Zt.view(nt, b, h, r, dv)).sum(0).transpose(1, 2)
     return HeadStatsOut(lse=lse_out, entropy=entropy, max_pos=max_pos, max_prob=max_prob, key_mass=key_mass,
                         n_keys=n_keys, col_sum=col_sum, col_count=col_count, z=z)
 
@@ -233,7 +228,7 @@ def _alloc(shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _blocks(lo: torch.Tensor, hi: torch.Tensor, rows: int) -> list[tuple[slice, slice]]:
+def row_blocks(lo: torch.Tensor, hi: torch.Tensor, rows: int) -> list[tuple[slice, slice]]:
     """(query rows, key columns) blocks: ``rows`` consecutive rows and the keys any of them may
     see (lo, hi as ``key_ranges`` gives them); 0:1 for rows that see no key."""
     lo_l, hi_l, out = lo.tolist(), hi.tolist(), []
