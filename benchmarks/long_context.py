@@ -1,17 +1,21 @@
 """Long context on CPU (issue 12 part 5; run by hand, prints two tables).
 
     python benchmarks/long_context.py [--niah 4096,8192] [--depths 0.5] [--tiny 4096,8192,16384,32768]
-        [--tiny-runs plain,stats,fused] [--threads 1] [--rss-cap 6144] [--no-before] [--skip-niah] [--skip-tiny]
+        [--tiny-runs plain,stats,fused] [--threads 1] [--rss-cap 6144] [--niah-runs streaming,before]
+        [--no-before] [--skip-niah] [--skip-tiny]
 
 (a) Needle in a haystack on smollm2-135m (context window 8192) at each ``--niah`` length
 (8192 is cut to 8192 - 16 so that the 16 decoded tokens fit the window): the retrieval
 analysis (Wu et al. 2024) with ``lengths=(L,)``, the ``--depths`` and one needle, no masking
 check, in a fresh process: the prompt but its last token is prefilled into the HF KV cache
 through SDPA with no capture, and only the decode steps compute eager attention rows (one
-query row per head over all keys). Time, the process's peak RSS (``ru_maxrss``) and the
-peak RSS added during the analysis (VmHWM reset through /proc/self/clear_refs after the
-model loads), accuracy and the top retrieval heads. At lengths <= 4096, unless
-``--no-before``, also the path this replaced, for one prompt: the whole prompt prefilled
+query row per head over all keys). Time, the process's peak RSS (``ru_maxrss``), the peak
+RSS added during the analysis (VmHWM reset through /proc/self/clear_refs after the model
+loads and a 64-token warm-up decode has paged its weights in, ~0.5 GiB otherwise counted),
+per 1K prompt tokens and as the increment from the previous length, the attention mask the
+model receives, accuracy and the top retrieval heads. ``--niah-runs``: ``streaming``,
+``streaming-mmap`` (under ``MALLOC_MMAP_THRESHOLD_=131072``, see (b)) and, at lengths <=
+4096 unless ``--no-before``, ``before``: the path this replaced, for one prompt: the whole prompt prefilled
 with ``Stats`` (blocked eager probabilities of every prompt row, reduced to row argmaxes),
 then the same decode loop. HF eager ``output_attentions`` would hold 30 x 9 x T^2 float32
 (18 GiB at T = 4096, 72 GiB at 8192), more than this machine has, so it is not run.
@@ -29,64 +33,70 @@ the previous T of the same run (constant when memory is linear in T), and the
 ``attention_mask`` layer 0's attention receives (None: no mask tensor, causal by flag). A
 run is stopped once its RSS passes ``--rss-cap`` MiB.
 
-Measured 2026-12-01/02, 23:22-00:08 UTC, 1 torch thread, nice 10, load average 5-6 from
-other jobs on 2 cores (times inflated; RSS is not affected), after ae4ac09 (column sums
-folded block by block) and the NIAH prompt-length fix:
+Measured 2026-12-01/02 with 1 torch thread, nice 10, load average 5-6 from other jobs on 2
+cores (times inflated and only comparable within a table; RSS is not affected). "added":
+VmHWM over the loaded model; "anon": the sampled RssAnon peak (equal to "added" in every row:
+no file-backed pages in it).
 
-    (a) smollm2-135m NIAH, needle 0 at depth 0.5, 16 new tokens at most, mask_k=0
-    prompt tokens  path                                seconds  maxrss MiB  added MiB  MiB/1K tok  increment
-       4096        streaming (SDPA prefill + rows)        61.6       1314        731      182.7
-       8174        streaming (SDPA prefill + rows)       169.9       1978       1394      174.7       166.7
-    attention mask at layer 0: None in the prefill and at the decode steps (no [1, 1, T, T]).
-    Both retrieved " Tobias Copperfield."; heads with score > 0.1: 11 at 4K, 14 at 8K; top
-    at 4K: 23/7, 18/7, 23/2 (1.00), 21/8, 17/3 (0.75); at 8K: 23/7, 23/2 (1.00), 18/8, 18/7,
-    17/3, 20/6, 23/8 (0.75). Linear: the second 4K tokens add less than the first. The KV
-    cache is 45 KiB per token; the rest is HF's own prefill (earlier: one plain HF SDPA
-    forward of 4000 tokens on an unwrapped copy added 784 MiB; the 4K decode with the mmap
-    threshold fixed added 722 MiB, so it is not allocator slack). Earlier figures (before
-    the length fix the prompts had 4002 and 8174 tokens): 726 and 1497 MiB added; the path
-    this replaced (Stats prefill) was killed after 42 min at 4K.
+    (a) smollm2-135m NIAH, needle 0 at depth 0.5, 16 new tokens at most, mask_k=0, 01:00 UTC,
+        after the prompt-length fix (earlier prompts had 4002 / 8174 tokens for 4096 / 8176)
+    prompt tokens  path                              seconds  added MiB  MiB/1K tok  increment/1K tok
+       2043        streaming (SDPA prefill + rows)      21.9        206       103.4
+       4096        streaming                            47.2        289        72.3        41.3
+       6144        streaming                            79.6        586        97.7       148.6
+       8174        streaming                           139.1        786        98.4       100.6
+       2043        streaming, mmap threshold 128K       22.8        144        72.0
+       4096        streaming, mmap threshold 128K       44.0        526       131.6       191.0
+       6144        streaming, mmap threshold 128K       83.2        771       128.5       122.3
+       8174        streaming, mmap threshold 128K      288.3        768        96.2        -1.6
+    Every test retrieved " Tobias Copperfield."; 13 heads with score > 0.1 at 8K (top: 23/7,
+    23/2 1.00; 17/4, 18/7, 18/6, 17/3, 20/6 0.75). Attention mask at layer 0: None in the
+    prefill and at every decode step (no [1, 1, T, T] tensor). The whole-run peak varies by
+    up to ~250 MiB between runs of the same length (4096: 289, 475, 731 MiB in three runs;
+    8174: 786, 1121, 1394), with or without the mmap threshold, so the increments are noisy;
+    per forward it is exactly linear (mmap threshold fixed, RSS over the warmed-up model,
+    prompt 2043 / 4096 / 8174 tokens): prefill peak +139 / +286 / +577 MiB (70 MiB per 1K
+    tokens), after the prefill +90 / +178 / +359 MiB (the KV cache: 30 layers x 2 x 3 KV
+    heads x 64 x 4 B = 45 KiB per token), each decode step's peak < 25 MiB above that. The
+    path this replaced (Stats prefill of every prompt row) was killed after 42 min at 4K.
 
-    (b) tiny random Llama, one forward of T tokens; mask None on every row
-        T  run                            seconds  maxrss MiB  added MiB  MiB/1K tok  increment
-     4096  plain                              0.2        485         22       5.49
-     8192  plain                              2.0        502         39       4.85      4.21
-    16384  plain                              9.2        538         75       4.66      4.47
-    32768  plain                             15.0        583        119       3.73      2.80
-     4096  Stats()                            2.6        790        326      81.62
-     8192  Stats()                           29.9       2685       2222     277.73    473.84
-    16384  Stats()                          131.5       5060       4596     287.27    296.82
-    32768  Stats()                         stopped: RSS passed 6144 MiB after 21.1 s
-     4096  Stats(attn_output="fused")         0.8        493         30       7.46
-     8192  Stats(attn_output="fused")         9.1        507         43       5.41      3.36
-    16384  Stats(attn_output="fused")        17.4        565        102       6.36      7.31
-    32768  Stats(attn_output="fused")        62.4        668        205       6.39      6.43
-     4096  Stats(), mmap threshold 128K      10.6        488         24       6.05
-     8192  Stats(), mmap threshold 128K      51.4        501         37       4.68      3.31
-    16384  Stats(), mmap threshold 128K     214.8        710        247      15.43     26.17
-    32768  Stats(), mmap threshold 128K     728.7        586        122       3.82     -7.78
-    (an earlier 4K/8K run of the same build: Stats() added 497 / 2076 MiB, fused 30 / 49)
+    (b) tiny random Llama, one forward of T tokens, 01:00 UTC (after H3's d0ec31e / 0c315ea:
+        head_stats' scores, probabilities and p ln p in one buffer per call); mask None on every row
+        T  run                            seconds  maxrss MiB  added MiB  MiB/1K tok  increment/1K tok
+     4096  plain                              0.4        484         21       5.24
+     8192  plain                              1.7        497         34       4.23       3.21
+    16384  plain                              7.8        539         76       4.74       5.25
+     4096  Stats()                            2.8        609        146      36.51
+     8192  Stats()                           11.4        924        460      57.52      78.52
+    16384  Stats()                          109.8       1207        744      46.49      35.46
+     4096  Stats(attn_output="fused")         1.3        493         29       7.36
+     8192  Stats(attn_output="fused")         2.7        518         55       6.86       6.37
+    16384  Stats(attn_output="fused")        16.7        587        123       7.70       8.53
+    32768  plain                             21.4        607        143       4.48       4.23
+    Before H3's buffer (23:22-00:00 UTC, ae4ac09): Stats() added 326 / 2222 / 4596 MiB at 4K /
+    8K / 16K and passed the 6 GiB cap 21 s into 32K; with the mmap threshold fixed 24 / 37 /
+    247 / 122 MiB at 4K-32K; plain 22 / 39 / 75 / 119 MiB and fused 30 / 43 / 102 / 205 MiB.
 
-The plain forward and the fused statistics trace are linear in T to 32K (about 4 and 6 MiB
-per 1K tokens). The default ``Stats()`` trace is not, and no live tensor or mask explains it
-(the mask is None; with the mmap threshold fixed the same trace adds 24-247 MiB): it is
-glibc heap fragmentation caused by the allocation pattern of
-``workbench.cuda.stats.naive.head_stats`` (H3's file, not changed here). Each block's small
-results (entropy, max_pos, max_prob, lse, key_mass, n_keys: [batch, head, rows]) stay alive
-in ``parts`` until the end, allocated between the block's MiB-sized temporaries (the bias,
-scores, softmax, logsumexp and xlogy buffers), and the running column sums are a new
-[batch, (head,) T] tensor every block (``sums[name] + blk``). Once the first 4 MiB block is
-freed, glibc's dynamic mmap threshold rises above the block size, later blocks come from the
-brk heap, the long-lived small chunks split the freed holes, and each block takes fresh heap:
-about one block per block, and blocks per layer grow as T^2 (T rows / (block_bytes / (4 x
-heads x T)) rows per block). The 16K outlier of the mmap-threshold run is the same effect at
-a smaller scale: ``col_count`` [1, T] float32 is 64 KiB there, under the 128 KiB threshold,
-reallocated every block; at 32K it is 128 KiB and mmapped. Allocating head_stats' outputs
-once at the first block, writing each block's slice into them and adding the column sums in
-place (``add_``) keeps the outputs bit for bit (tests/cuda/test_stats.py, tests/test_families.py
-pass with it) and makes the default path linear: +45 / 83 / 99 / 182 MiB at 4K / 8K / 16K / 32K
-with glibc's default malloc (measured with that change loaded over naive.py in the same
-child; 4.4 / 10.1 / 80 / 449 s at the load above).
+The plain forward and the fused statistics trace are linear in T to 32K (about 4 and 7 MiB
+per 1K tokens). The default ``Stats()`` trace was quadratic (+0.3 / 2.2 / 4.6 GiB at 4K /
+8K / 16K) and is still well above linear after H3's buffer (146 / 460 / 744 MiB). No live
+tensor or mask explains it (the mask is None): it is glibc heap fragmentation from how
+``workbench.cuda.stats.naive.head_stats`` (H3's file, not changed here) allocates. Each
+block's small results (entropy, max_pos, max_prob, lse, key_mass, n_keys: [batch, head,
+rows]) stay alive in ``parts`` until a final ``torch.cat``, allocated between the block's
+temporaries, and the running column sums are a new [batch, (head,) T] tensor every block
+(``sums[name] + blk``). Once a block-sized chunk is freed glibc's dynamic mmap threshold
+rises above it, later blocks come from the brk heap, the long-lived small chunks split the
+freed holes, and each block takes fresh heap; the number of blocks per layer grows as T^2
+(T rows / (block_bytes / (4 x heads x T)) rows per block). (The 16K outlier of the
+mmap-threshold run is the same effect: ``col_count`` [1, T] float32 is 64 KiB there, under
+the 128 KiB threshold, and reallocated every block; at 32K it is 128 KiB and mmapped.)
+Allocating head_stats' outputs once at the first block, writing each block's slice into
+them (``narrow(...).copy_``) and adding the column sums in place (``add_``) keeps the
+outputs bit for bit (tests/cuda/test_stats.py and tests/test_families.py pass with it; the
+4K and 8K statistics equal ae4ac09's) and makes the default path linear: +51 / 66 / 89 MiB
+at 4K / 8K / 16K on top of H3's buffer (before it: +45 / 83 / 99 / 182 MiB at 4K-32K), with
+glibc's default malloc (measured with that change loaded over naive.py in the same child).
 """
 from __future__ import annotations
 
@@ -96,12 +106,43 @@ import os
 import subprocess
 import sys
 
-# peak RSS of this process in MiB (VmHWM; reset it with open("/proc/self/clear_refs", "w").write("5"))
+# peak RSS of this process in MiB (VmHWM; reset it with open("/proc/self/clear_refs", "w").write("5")), and
+# the peak of its anonymous memory (RssAnon, no file-backed pages such as re-read weights) sampled every 2 ms
+# from reset_peaks() on (a lower bound: a peak shorter than a sample interval can be missed)
 HWM = r"""
-def hwm():
+import threading as _threading, time as _time
+
+
+def _status(key):
     for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
+        if line.startswith(key):
             return int(line.split()[1]) / 1024
+
+
+def hwm():
+    return _status("VmHWM:")
+
+
+_anon = {}
+
+
+def _sample():
+    while True:
+        _anon["peak"] = max(_anon["peak"], _status("RssAnon:"))
+        _time.sleep(0.002)
+
+
+def reset_peaks():
+    open("/proc/self/clear_refs", "w").write("5")
+    _anon["base"] = _anon["peak"] = _status("RssAnon:")
+    if not _anon.get("thread"):
+        _anon["thread"] = _threading.Thread(target=_sample, daemon=True)
+        _anon["thread"].start()
+    return hwm()
+
+
+def anon_added():
+    return max(_anon["peak"], _status("RssAnon:")) - _anon["base"]
 """
 
 NIAH_CHILD = HWM + r"""
@@ -122,8 +163,7 @@ model.hf.model.layers[0].self_attn.register_forward_pre_hook(
 from workbench.analyses._niah import greedy
 greedy(model, build_prompt(model.tokenizer, NEEDLES[0], 64, 0.5, max_positions=8192).ids, 2, argmax=True)  # warm-up:
 masks.clear()                                # weights paged in, one-time allocations made (~0.5 GiB, not T-dependent)
-open("/proc/self/clear_refs", "w").write("5")
-base = hwm()
+base = reset_peaks()
 t0 = time.perf_counter()
 out = {}
 if mode == "streaming":
@@ -146,7 +186,7 @@ else:   # the path before: whole prompt prefilled with Stats (blocked eager rows
                                   "logits_to_keep": 1}, {}, [{}]), capture=[Stats("self")])
             past, nxt = tr.output.past_key_values, int(tr.logits[0, -1].argmax())
     out = {"tests": 1, "prompt_tokens": [len(pr.ids)], "outputs": [model.tokenizer.decode(gen)]}
-out.update(seconds=time.perf_counter() - t0, base_mib=base, peak_mib=hwm(), mask_prefill=masks[0], mask_decode=masks[-1],
+out.update(seconds=time.perf_counter() - t0, base_mib=base, peak_mib=hwm(), anon_mib=anon_added(), mask_prefill=masks[0], mask_decode=masks[-1],
            maxrss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 print(json.dumps(out))
 """
@@ -188,15 +228,14 @@ with torch.no_grad():
 capture = {"plain": [], "stats": [wb.Stats()], "fused": [wb.Stats(attn_output="fused")]}[mode]
 masks.clear()
 __import__("threading").Thread(target=watchdog, daemon=True).start()
-open("/proc/self/clear_refs", "w").write("5")
-base = hwm()
+base = reset_peaks()
 t0 = time.perf_counter()
 with torch.no_grad():
     tr = model.run(batch, capture=capture)
 sec = time.perf_counter() - t0
 if mode != "plain":
     assert tr.stats[("self", 1)].row_max_pos.shape == (1, 4, T)
-print(json.dumps({"seconds": sec, "base_mib": base, "peak_mib": hwm(), "mask": masks[-1],
+print(json.dumps({"seconds": sec, "base_mib": base, "peak_mib": hwm(), "anon_mib": anon_added(), "mask": masks[-1],
                   "threads": torch.get_num_threads(),
                   "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -214,27 +253,44 @@ def _child(code: str, *args, env: dict | None = None) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def niah(lengths, depths: str, before: bool) -> None:
+def _increments(last: dict, run: str, tokens: int, added: float, anon: float) -> tuple[str, str]:
+    """MiB per 1K tokens added (peak RSS, sampled anonymous peak) since the previous length of
+    the same run, as text ("" for a run's first row); records this row in ``last``."""
+    out = ("", "")
+    if run in last:
+        t0, a0, n0 = last[run]
+        k = (tokens - t0) / 1024
+        out = (f"{(added - a0) / k:.2f}", f"{(anon - n0) / k:.2f}")
+    last[run] = (tokens, added, anon)
+    return out
+
+
+NIAH_RUNS = {"streaming": ("streaming (SDPA prefill + decode rows)", "streaming", False),
+             "streaming-mmap": ("streaming, mmap threshold 128K", "streaming", True),
+             "before": ("before: Stats prefill, 1 prompt", "before", False)}
+
+
+def niah(lengths, depths: str, which=("streaming", "before")) -> None:
     print("\n(a) smollm2-135m needle in a haystack, one needle, depths " + depths + ", CPU, fresh process per row")
     print(f"{'context':>8} {'path':<36}{'tests':>6}{'acc':>6}{'seconds':>9}{'maxrss MiB':>12}{'added MiB':>11}"
-          f"{'MiB / 1K tok':>14}{'increment MiB / 1K tok':>24}")
+          f"{'anon MiB':>10}{'MiB / 1K tok':>14}{'increment / 1K tok':>20}{'anon incr.':>12}")
     last: dict = {}
     for n in lengths:
         L = min(n, 8192 - 16)
-        runs = [("streaming (SDPA prefill + decode rows)", "streaming")]
-        if before and n <= 4096:
-            runs.append(("before: Stats prefill, 1 prompt", "before"))
-        for name, mode in runs:
+        for w in which:
+            name, mode, mmap = NIAH_RUNS[w]
+            if w == "before" and n > 4096:
+                continue
+            r = _child(NIAH_CHILD, L, mode, depths, env=MMAP if mmap else None)
             r = _child(NIAH_CHILD, L, mode, depths)
             if "error" in r:
                 print(f"{L:>8} {name:<36}  error: {r['error']}", flush=True)
                 continue
             acc = f"{r['accuracy']:.2f}" if "accuracy" in r else "-"
             added, tok = r["peak_mib"] - r["base_mib"], max(r["prompt_tokens"])
-            inc = "" if mode not in last else f"{(added - last[mode][1]) / ((tok - last[mode][0]) / 1024):.2f}"
-            last[mode] = (tok, added)
+            inc, ainc = _increments(last, w, tok, added, r["anon_mib"])
             print(f"{L:>8} {name:<36}{r['tests']:>6}{acc:>6}{r['seconds']:>9.1f}{r['maxrss_mib']:>12.0f}"
-                  f"{added:>11.0f}{added / (tok / 1024):>14.2f}{inc:>24}", flush=True)
+                  f"{added:>11.0f}{r['anon_mib']:>10.0f}{added / (tok / 1024):>14.2f}{inc:>20}{ainc:>12}", flush=True)
             print(f"{'':>9}prompt tokens {r['prompt_tokens']}, outputs {r['outputs']}; attention mask at layer 0: "
                   f"prefill {r['mask_prefill']}, last decode step {r['mask_decode']}")
             if "top" in r:
@@ -253,8 +309,8 @@ def tiny(ts, which=tuple(TINY_RUNS), threads: int = 1, cap_mib: float = 6144) ->
     and the previous one of the same run (constant when memory is linear in T)."""
     print("\n(b) tiny random Llama (2 layers x 4 heads, d_model 64, max positions 65536), CPU, "
           f"{threads} torch thread(s), fresh process per row")
-    print(f"{'T':>7} {'run':<30}{'seconds':>9}{'maxrss MiB':>12}{'added MiB':>11}{'MiB / 1K tok':>14}"
-          f"{'increment MiB / 1K tok':>24}")
+    print(f"{'T':>7} {'run':<30}{'seconds':>9}{'maxrss MiB':>12}{'added MiB':>11}{'anon MiB':>10}{'MiB / 1K tok':>14}"
+          f"{'increment / 1K tok':>20}{'anon incr.':>12}")
     env_t = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     last: dict = {}
     for t in ts:
@@ -265,10 +321,9 @@ def tiny(ts, which=tuple(TINY_RUNS), threads: int = 1, cap_mib: float = 6144) ->
                 print(f"{t:>7} {TINY_NAMES[w]:<30}  error: {r['error']}", flush=True)
                 continue
             added = r["peak_mib"] - r["base_mib"]
-            inc = "" if w not in last else f"{(added - last[w][1]) / ((t - last[w][0]) / 1024):.2f}"
-            last[w] = (t, added)
+            inc, ainc = _increments(last, w, t, added, r["anon_mib"])
             print(f"{t:>7} {TINY_NAMES[w]:<30}{r['seconds']:>9.1f}{r['maxrss_mib']:>12.0f}{added:>11.0f}"
-                  f"{added / (t / 1024):>14.2f}{inc:>24}   mask {r['mask']}", flush=True)
+                  f"{r['anon_mib']:>10.0f}{added / (t / 1024):>14.2f}{inc:>20}{ainc:>12}   mask {r['mask']}", flush=True)
 
 
 def main() -> None:
@@ -279,7 +334,8 @@ def main() -> None:
     ap.add_argument("--tiny-runs", default="plain,stats,fused", help="any of " + ", ".join(TINY_RUNS))
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each child process")
     ap.add_argument("--rss-cap", type=float, default=6144, help="MiB of RSS at which a tiny-model run is stopped")
-    ap.add_argument("--no-before", action="store_true")
+    ap.add_argument("--niah-runs", default="streaming,before", help="any of " + ", ".join(NIAH_RUNS))
+    ap.add_argument("--no-before", action="store_true", help="drop 'before' from --niah-runs")
     ap.add_argument("--skip-niah", action="store_true")
     ap.add_argument("--skip-tiny", action="store_true")
     args = ap.parse_args()
@@ -289,7 +345,8 @@ def main() -> None:
     if not args.skip_tiny:
         tiny([int(x) for x in args.tiny.split(",")], args.tiny_runs.split(","), args.threads, args.rss_cap)
     if not args.skip_niah:
-        niah([int(x) for x in args.niah.split(",")], args.depths, not args.no_before)
+        runs = [w for w in args.niah_runs.split(",") if not (args.no_before and w == "before")]
+        niah([int(x) for x in args.niah.split(",")], args.depths, runs)
 
 
 if __name__ == "__main__":
