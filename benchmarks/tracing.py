@@ -67,18 +67,38 @@ run each; wall-time ratios drift with the load, CPU-time ratios less:
     8192  plain (third session)        106.8     1.00    77.4     1.00       2101    fused run first)
 
 "work buffers": after the fused blocks' scores and probabilities moved into two buffers per
-call (the commit after the first session). Not run: the default statistics trace at T = 8192
-(~40 min of wall time at that load; issue 12 measured 3.2x on a quieter machine) and eager
-beyond T = 2048 (~18 GiB at 4096). Plain runs keep all logits (1.6 GB at 8192); statistics
-traces compute the last position's only. Most of the "MiB added" of the default trace is
-glibc heap retention, not live tensors: the same T = 2048 trace with
-MALLOC_MMAP_THRESHOLD_=65536 adds 147 MiB (508 without), and a second trace in the same
-process adds 40 MiB. The targets (<= 1.3x the plain forward at every T, < 1 GB added at
-T = 8192): fused meets the memory target (784-918 MiB) and the time target at 2048 and 4096
-(1.05x and 1.24x CPU), not at 8192 (about 1.6x: wall 1.26x once, but CPU 1.59-1.61x in both
-sessions and wall 1.62x in the third). Per layer at T = 2048 (1 thread, CPU time) the fused
-block loop costs 0.15 s vs SDPA's 0.085 s; its scores and P @ V run as blocked bmm, where
-SDPA's fused kernel stays in cache, and that gap grows with T.
+call (the commit after the first session). Not run: the default statistics trace at T = 8192 in
+those sessions and eager beyond T = 2048 (~18 GiB at 4096). Plain runs keep all logits (1.6 GB
+at 8192); statistics traces compute the last position's only. Most of the "MiB added" of the
+default trace is glibc heap retention, not live tensors: the same T = 2048 trace with
+MALLOC_MMAP_THRESHOLD_=65536 adds 147 MiB (508 without).
+
+Measured 2026-12-02 00:27-00:37 UTC after the fused path moved to key tiles (``cuda/stats/fused.py``:
+each block of query rows walks its keys in 512-key tiles kept in cache, then combines them),
+1 torch thread per run, nice 0, load average 4-5 from other jobs, one run each, plain and fused
+of one T back to back (``--sizes 2048,4096,8192 --modes plain,stats-fused --threads 1``):
+
+       T  run                 wall s  x plain   CPU s  x plain  MiB added
+    2048  plain                 15.7     1.00    11.4     1.00        495
+    2048  stats fused           17.7     1.13    11.6     1.02        143
+    4096  plain                 38.4     1.00    26.6     1.00       1180
+    4096  stats fused           45.3     1.18    30.1     1.13        458
+    8192  plain                111.6     1.00    72.8     1.00       1975
+    8192  stats fused          124.1     1.11    86.1     1.18       1183
+
+A second run of the pair (00:53-01:05, a variant of the fused buffers since reverted, load 3-5):
+CPU 1.00x / 1.15x / 1.24x, wall 1.02x / 1.16x / 1.20x, 364 / 629 / 1486 MiB added; peak RSS moves
+by a few hundred MiB from run to run (glibc's heap). Per layer (one smollm2 layer, 1 thread, CPU
+time against SDPA in the same process) the tiled loop costs 1.6-1.8x SDPA at T = 8192 (full-row
+blocks: 2.6-2.75x): its two matrix products together cost about what SDPA does, the rest is the
+softmax's exp and the per-tile reductions. The time target (<= 1.3x the plain forward) is met at
+every T; the memory target (< 1 GB added at T = 8192) is not: 1183 MiB (784-1038 MiB with the
+full-row blocks, which were 1.6x in time).
+
+The default statistics trace (``Stats()``: SDPA output + the reference's blocked recomputation)
+at T = 8192, 1 thread, before and after the reference's blocks moved into one buffer per call
+(bit-identical outputs; 00:02-00:22 UTC, load 5-6): 556.9 s wall, 299.6 s CPU, +5726 MiB before;
+504.6 s wall, 292.1 s CPU, +1523 MiB after.
 """
 from __future__ import annotations
 

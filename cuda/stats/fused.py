@@ -25,7 +25,7 @@ row.
 
 Measured on one smollm2-135m layer (9 heads, 3 KV heads, d_head 64), 1 CPU thread, CPU time
 against SDPA on the same inputs in the same process (``benchmarks/tracing.py`` has the whole-model
-figures): T = 8192 1.6-1.7x (full-row blocks before: 2.6-2.75x), T = 4096 1.7x (2.0x), T = 2048
+figures): T = 8192 1.6-1.8x (full-row blocks before: 2.6-2.75x), T = 4096 1.7x (2.0x), T = 2048
 1.9x (1.9x: small T is bound by per-operation overhead).
 """
 from __future__ import annotations
