@@ -141,6 +141,11 @@ def test_statistics_only_trace_skips_the_logits(family):
     assert model.run(batch, capture=[wb.Stats()], edits=[wb.Ablate(wb.Head("self", 0, 0))]).logits.shape[1] == t
     assert model.run(batch).logits.shape[1] == t
     assert model.run(batch, capture=[wb.Pattern()], logits=False).logits.shape[1] == 1
+    # nor a KV cache (HF builds one by default: every layer's keys and values), unless asked for
+    assert full.output.past_key_values is not None and short.output.past_key_values is None
+    asked = tiny_batch(family, model.hf)
+    asked.model_inputs["use_cache"] = True
+    assert model.run(asked, capture=[wb.Stats()]).output.past_key_values is not None
 
 
 def test_logits_argument_leaves_models_without_logits_to_keep_alone():

@@ -308,8 +308,10 @@ class Model:
         vocab]); False only at the last position ([batch, 1, vocab]; HF's ``logits_to_keep=1``,
         for the models that accept it: causal LMs; others are unchanged); None (default) is
         False for a statistics-only trace (every capture a ``Stats``, no edits), whose logits
-        nobody reads (smollm2-135m at T = 8192: 1.6 GB), and True otherwise. Captures and
-        hidden states are the same either way.
+        nobody reads (smollm2-135m at T = 8192: 1.6 GB), and True otherwise. With False, a
+        causal LM also builds no KV cache unless ``use_cache`` or ``past_key_values`` is among
+        the inputs (``Trace.output.past_key_values`` is then None; 377 MB at T = 8192).
+        Captures and hidden states are the same either way.
 
         Returns a ``Trace``. Raises SiteNotFiredError naming any requested site the forward
         never reached; ValueError for unknown sites or heads. Gradients are off unless
@@ -325,6 +327,8 @@ class Model:
             logits = not (capture and all(isinstance(c, Stats) for c in capture) and not edits)
         if not logits and "logits_to_keep" not in inputs and self._takes_logits_to_keep:
             inputs["logits_to_keep"] = 1
+            if "use_cache" not in inputs and "past_key_values" not in inputs:
+                inputs["use_cache"] = False          # no KV cache nobody asked for (T = 8192: 377 MB)
         token = _attention.ACTIVE.set(tracer)
         try:
             with torch.set_grad_enabled(grad):
