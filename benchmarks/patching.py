@@ -25,12 +25,20 @@ For ``atp*`` rows the Spearman is of the AtP* magnitude against exact |effect|; 
 signed Spearman) is given for the signed estimates. For verified AtP*, the exact top-20 units
 not in the AtP* top K are listed with their exact rank, AtP* rank and plain-AtP rank.
 
-Figures (2026-12-01, load average 10-13 on 2 cores, OMP_NUM_THREADS=1, ``--n 2 --lean --skip-rank``, one
-process per corruption x node; times are not comparable): Spearman of |estimate| vs exact |effect|
-(AtP / AtP* / AtP + QK fix), and exact top-20 found in the AtP* top 40:
-s2 z 0.955 / 0.827 / -, 20/20; s2 q 0.920 / 0.861 / 0.972, 20/20; s2 k 0.911 / 0.836 / 0.995, 20/20;
-abc z 0.928 / 0.859 / -, 20/20; abc q 0.887 / 0.863 / 0.961, 19/20 (self/5/6: exact rank 10, AtP* rank 70,
-AtP rank 129); abc k 0.779 / 0.718 / 0.943, 20/20. The n = 8 run did not finish on the loaded machine.
+Figures (2026-12-02 00:44-01:06 UTC, one run: ``--n 8 --corruption both --nodes z,q,k --reps 1
+--loop-heads 30``, 1 torch thread, load average 4.5-7 from other jobs; CPU seconds, loops extrapolated
+from 30 units; "found" = exact top 20 in the AtP* top K; budget = AtP* + K/N x exact, CPU s):
+
+    task   exact  naive  TL    AtP  AtP*  rho|e| AtP/AtP*/QK  verified K=40: found, CPU s (budget; + sample)
+    s2 z   23.6   175.0  174.7 2.9  9.3   0.941/0.843/-      20/20, 13.3 (12.8; 14.6)
+    s2 q   23.4   174.1  -     2.9  11.7  0.925/0.831/0.965  20/20, 15.2 (15.2; 16.9)
+    s2 k   10.7   51.9   -     2.7  9.2   0.878/0.778/0.991  20/20, 14.9 (14.0; 16.4)
+    abc z  52.5   183.6  193.8 3.0  10.1  0.917/0.804/-      19/20 (self/17/0: exact rank 13, AtP* 44), 19.9 (17.9; 21.8)
+    abc q  52.7   173.9  -     2.6  8.9   0.899/0.857/0.965  20/20, 20.1 (16.8; 20.7)
+    abc k  20.7   55.9   -     2.4  9.1   0.866/0.853/0.931  20/20, 22.9 (18.3; 22.9)
+
+max |diff| fast (update=z) vs naive 0 everywhere; TransformerLens loop vs fast 1.7e-5 (s2) and 2.3e-5 (abc).
+The whole printed tables are in the issue-11 closing note.
 
 Run by hand:  python benchmarks/patching.py [--n 8] [--corruption s2|abc|both] [--nodes z,q,k]
 [--loop-nodes z] [--reps 2] [--skip-naive] [--skip-lens] [--verify-k 20,40] [--verify-sample 20]
