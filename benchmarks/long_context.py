@@ -73,13 +73,15 @@ no file-backed pages in it).
      8192  Stats(attn_output="fused")         2.7        518         55       6.86       6.37
     16384  Stats(attn_output="fused")        16.7        587        123       7.70       8.53
     32768  plain                             21.4        607        143       4.48       4.23
+    32768  Stats()                          111.5       5974       5510     172.18     297.88
+    32768  Stats(attn_output="fused")        15.1        659        195       6.10       4.51
     Before H3's buffer (23:22-00:00 UTC, ae4ac09): Stats() added 326 / 2222 / 4596 MiB at 4K /
     8K / 16K and passed the 6 GiB cap 21 s into 32K; with the mmap threshold fixed 24 / 37 /
     247 / 122 MiB at 4K-32K; plain 22 / 39 / 75 / 119 MiB and fused 30 / 43 / 102 / 205 MiB.
 
 The plain forward and the fused statistics trace are linear in T to 32K (about 4 and 7 MiB
 per 1K tokens). The default ``Stats()`` trace was quadratic (+0.3 / 2.2 / 4.6 GiB at 4K /
-8K / 16K) and is still well above linear after H3's buffer (146 / 460 / 744 MiB). No live
+8K / 16K) and still is after H3's buffer (146 / 460 / 744 / 5510 MiB at 4K-32K). No live
 tensor or mask explains it (the mask is None): it is glibc heap fragmentation from how
 ``workbench.cuda.stats.naive.head_stats`` (H3's file, not changed here) allocates. Each
 block's small results (entropy, max_pos, max_prob, lse, key_mass, n_keys: [batch, head,
@@ -94,8 +96,9 @@ the 128 KiB threshold, and reallocated every block; at 32K it is 128 KiB and mma
 Allocating head_stats' outputs once at the first block, writing each block's slice into
 them (``narrow(...).copy_``) and adding the column sums in place (``add_``) keeps the
 outputs bit for bit (tests/cuda/test_stats.py and tests/test_families.py pass with it; the
-4K and 8K statistics equal ae4ac09's) and makes the default path linear: +51 / 66 / 89 MiB
-at 4K / 8K / 16K on top of H3's buffer (before it: +45 / 83 / 99 / 182 MiB at 4K-32K), with
+4K and 8K statistics equal ae4ac09's) and makes the default path linear: +51 / 66 / 89 / 172
+MiB at 4K / 8K / 16K / 32K on top of H3's buffer (106.6 s at 32K; before that buffer: +45 /
+83 / 99 / 182 MiB), with
 glibc's default malloc (measured with that change loaded over naive.py in the same child).
 """
 from __future__ import annotations
