@@ -262,3 +262,29 @@ def test_the_driver_folds_unit_results_without_keeping_them(setup):
 
     out = job.assemble(results())
     assert len(refs) == 5 and out["entropy"].table["entropy.n_rows"].iloc[0] == 5 * int(one["entropy/self/0/rows"])
+
+
+def test_fused_attention_output_gives_the_hand_computed_tables(tiny, setup):
+    """``workbench run --attn-output fused`` (one pass over the scores) on both paths, sums per
+    chunk and per input: the same hand computation from HF eager attention within float
+    round-off, recorded in meta.json; its units are not those of the default job."""
+    from workbench.cli import main
+    from workbench.job import JobConfig, trace_job
+
+    want = _oracle(tiny, setup[2])
+    prompts = str(tiny / "prompts.txt")
+    assert main(["run", str(tiny / "tiny"), "--prompts", prompts, "--max-tokens", "32", "--attn-output", "fused",
+                 "--quiet", "--out", str(tiny / "fused")]) == 0
+    meta = json.loads((tiny / "fused" / "meta.json").read_text())
+    assert meta["attn_output"] == "fused" and "reduction" in meta
+    got = pd.read_parquet(tiny / "fused" / "heads.parquet").sort_values(["layer", "head"]).reset_index(drop=True)
+    _assert_same(got, want, atol=1e-5)
+    _, per = trace_job(JobConfig(model=str(tiny / "tiny"), out=tiny / "fused_per_input", prompts=prompts,
+                                 max_tokens=32, analyses=["entropy", "sinks", "massive"], quiet=True,
+                                 attn_output="fused"))
+    assert per["attn_output"] == "fused" and "reduction" not in per
+    got = pd.read_parquet(tiny / "fused_per_input" / "heads.parquet").sort_values(["layer", "head"])
+    _assert_same(got.reset_index(drop=True), want, atol=1e-5)
+    assert _job(setup, 64, attn_output="fused").fingerprint() != _job(setup, 64).fingerprint()
+    spec = _job(setup, 64, attn_output="fused", source={"model": "tiny"}).spec()
+    assert spec.args["attn_output"] == "fused"

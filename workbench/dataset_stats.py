@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .batch import Batch
-from .capture import Stats
+from .capture import ATTN_OUTPUTS, Stats
 from .patching.units import Unit, iter_units
 
 DEFAULT_CHUNK = 64      # inputs per work unit
@@ -53,13 +53,17 @@ class DatasetStats:
         source: plain data saying where the model and inputs come from (``text_source``);
             needed only by ``spec()``.
 
+    ``attn_output``: ``"sdpa"`` (default; the model's outputs bit for bit) or ``"fused"``
+    (``Stats(attn_output="fused")``: the attention output from the statistics' own score
+    blocks, equal to SDPA within float round-off; faster at long context on CPU).
+
     Raises:
         UserError: an analysis without a mergeable reduction, an audio model, or a chunk or
             batch size below 1.
     """
 
     def __init__(self, model, batch: Batch, params: Mapping, *, chunk_size: int = DEFAULT_CHUNK,
-                 batch_size: int = 8, source: dict | None = None):
+                 batch_size: int = 8, source: dict | None = None, attn_output: str = "sdpa"):
         from .analyses import registry
         from .errors import UserError
 
@@ -73,8 +77,10 @@ class DatasetStats:
         reg = registry()
         self.params = {n: p if isinstance(p, reg[n].params) else reg[n].parse_params(dict(p), from_text=True)
                        for n, p in sorted(params.items())}
+        if attn_output not in ATTN_OUTPUTS:
+            raise UserError(f"attn_output must be one of {', '.join(ATTN_OUTPUTS)}, got {attn_output!r}")
         self.model, self.batch, self.source = model, batch, source
-        self.chunk_size, self.batch_size = chunk_size, batch_size
+        self.chunk_size, self.batch_size, self.attn_output = chunk_size, batch_size, attn_output
 
     # -- units -------------------------------------------------------------------------
     def units(self) -> list[Unit]:
@@ -96,7 +102,7 @@ class DatasetStats:
             part = idx[i:i + self.batch_size]
             sub = self.batch.select(part)
             with torch.no_grad():
-                stats = self.model.run(sub, capture=[Stats()]).stats
+                stats = self.model.run(sub, capture=[Stats(attn_output=self.attn_output)]).stats
             acc = merge(acc, reduce_stats(stats, sub.query_mask, part[0], self.params))
         return acc
 
@@ -153,7 +159,8 @@ class DatasetStats:
         h.update(json.dumps({"job": "dataset_stats", "model": self.model.name,
                              "weights": self.model.meta.get("weights_sha256"),
                              "dtype": self.model.placement["dtype"], "chunk_size": self.chunk_size,
-                             "params": {n: p.as_json() for n, p in self.params.items()}},
+                             "params": {n: p.as_json() for n, p in self.params.items()},
+                             **({"attn_output": self.attn_output} if self.attn_output != "sdpa" else {})},
                             sort_keys=True, default=str).encode())
         for k, v in sorted(self.batch.model_inputs.items()):
             if torch.is_tensor(v):
@@ -173,7 +180,8 @@ class DatasetStats:
                              "source=text_source(...) to run it in other processes")
         return JobSpec("workbench.dataset_stats:rebuild",
                        {"source": self.source, "params": {n: p.as_json() for n, p in self.params.items()},
-                        "chunk_size": self.chunk_size, "batch_size": self.batch_size})
+                        "chunk_size": self.chunk_size, "batch_size": self.batch_size,
+                        "attn_output": self.attn_output})
 
 
 def text_source(model: str, *, prompts: str | None, texts: list[str] | None, max_prompts: int, max_tokens: int,
@@ -189,7 +197,7 @@ def text_source(model: str, *, prompts: str | None, texts: list[str] | None, max
 
 
 def rebuild(source: dict, params: dict, chunk_size: int, batch_size: int, device: str | None = None,
-            model=None) -> DatasetStats:
+            model=None, attn_output: str = "sdpa") -> DatasetStats:
     """The builder of ``DatasetStats.spec()``: load the model (or take ``model``), prepare the
     same inputs, make the same job. ``device`` is used where ``source`` names none."""
     from .job import text_inputs
@@ -201,4 +209,5 @@ def rebuild(source: dict, params: dict, chunk_size: int, batch_size: int, device
     batch, _ = text_inputs(model, prompts=source["prompts"], texts=source["texts"],
                            max_prompts=source["max_prompts"], max_tokens=source["max_tokens"],
                            seed=source["seed"], truncate=source["truncate"])
-    return DatasetStats(model, batch, params, chunk_size=chunk_size, batch_size=batch_size, source=source)
+    return DatasetStats(model, batch, params, chunk_size=chunk_size, batch_size=batch_size, source=source,
+                        attn_output=attn_output)

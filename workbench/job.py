@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .batch import Batch
-from .capture import Pattern, Stats
+from .capture import ATTN_OUTPUTS, Pattern, Stats
 from .errors import UserError, user_error
 from .runs import merge_tables, save_run
 from .schema import MEL_FRAMES_PER_SECOND, base_meta
@@ -63,6 +63,7 @@ class JobConfig:
     chunk_size: int = 64        # inputs per work unit of the dataset-statistics job
     executor: object = None     # runs that job's units (``patching.units`` seam); None: in-process
     units: Path | None = None   # where its finished units are kept; None: beside ``out``
+    attn_output: str = "sdpa"   # Stats(attn_output=): "sdpa" (outputs bit for bit) | "fused" (one pass, faster)
 
     def __post_init__(self) -> None:
         if self.max_prompts is None and (self.prompts in (None, "natural", "random", "repeated") or self.audio):
@@ -76,6 +77,8 @@ class JobConfig:
                 raise user_error("{%s} must be an integer >= {lo}, got {v!r}" % name, lo=lo, v=v)
         if not self.max_save_gib > 0:
             raise user_error("{max_save_gib} must be > 0 GiB, got {v!r}", v=self.max_save_gib)
+        if self.attn_output not in ATTN_OUTPUTS:
+            raise user_error("{attn_output} must be one of %s, got {v!r}" % ", ".join(ATTN_OUTPUTS), v=self.attn_output)
         self.out = Path(self.out)
 
 
@@ -172,9 +175,9 @@ def _audio_inputs(cfg: JobConfig, model, waves: list) -> tuple[Batch, str]:
     return model.prepare_audio(waves, paths=paths), "audio files" if cfg.audio else "bundled speech clips"
 
 
-def chunked_stats(model, batch: Batch, batch_size: int, quiet: bool):
+def chunked_stats(model, batch: Batch, batch_size: int, quiet: bool, attn_output: str = "sdpa"):
     """Stats at every site over ``batch`` in chunks of ``batch_size`` inputs (progress bar on a
-    terminal); returns a Trace-like object with stats concatenated along batch."""
+    terminal; ``Stats(attn_output=)``); returns a Trace-like object with stats concatenated along batch."""
     from tqdm.auto import tqdm
 
     from .capture import HeadStats
@@ -185,7 +188,7 @@ def chunked_stats(model, batch: Batch, batch_size: int, quiet: bool):
     chunks = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
     bar = tqdm(chunks, desc=f"tracing {model.name}", unit="chunk", disable=quiet or not sys.stderr.isatty())
     for ch in bar:
-        parts.append(model.run(batch.select(ch), capture=[Stats()]).stats)
+        parts.append(model.run(batch.select(ch), capture=[Stats(attn_output=attn_output)]).stats)
     stats = {k: HeadStats(**{f: torch.cat([p[k].to_dict()[f] for p in parts]) for f in parts[0][k].to_dict()})
              for k in parts[0]}
     return Trace(output=None, stats=stats, query_mask=batch.query_mask, batch=batch, sites=model.sites)
@@ -268,7 +271,7 @@ def trace_job(cfg: JobConfig) -> tuple[Path, dict]:
         results, reduction = _dataset_stats(cfg, model, batch, checked)
     else:
         ctx = Context(model, batch)
-        ctx._stats = chunked_stats(model, batch, cfg.batch_size, cfg.quiet)
+        ctx._stats = chunked_stats(model, batch, cfg.batch_size, cfg.quiet, cfg.attn_output)
         for name in cfg.analyses:
             ctx.params = checked.params[name]
             ts = time.perf_counter()
@@ -295,6 +298,7 @@ def trace_job(cfg: JobConfig) -> tuple[Path, dict]:
                             "truncate": cfg.truncate, "items": batch.items}, command=cfg.command, seed=cfg.seed),
         "analyses": params, "summary": summary,
         "backend": {"requested": backend, "ran": backends_used()},   # workbench.cuda ops: which backend ran
+        "attn_output": cfg.attn_output,      # sdpa: the model's outputs bit for bit; fused: within round-off
         "timings_s": {"load": round(t_load, 3), "trace_and_analyses": round(t_trace, 3), **timings},
     }
     if reduction is not None:
@@ -325,7 +329,7 @@ def _dataset_stats(cfg: JobConfig, model, batch: Batch, checked: Checked) -> tup
                          max_tokens=cfg.max_tokens, seed=cfg.seed, truncate=cfg.truncate, device=cfg.device,
                          dtype=cfg.dtype)
     job = DatasetStats(model, batch, {n: checked.params[n] for n in cfg.analyses}, chunk_size=cfg.chunk_size,
-                       batch_size=cfg.batch_size, source=source)
+                       batch_size=cfg.batch_size, source=source, attn_output=cfg.attn_output)
     root = _units_root(cfg)
     ex = cfg.executor if cfg.executor is not None else default_executor(cfg.quiet)
     try:

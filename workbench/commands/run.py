@@ -27,6 +27,10 @@ def register(sub) -> None:
     p.add_argument("--max-save-gib", type=float, default=2.0, metavar="GIB",
                    help="refuse before tracing when the kept patterns would take more memory (default 2)")
     p.add_argument("--batch-size", type=int, default=8, help="inputs per forward (default 8)")
+    p.add_argument("--attn-output", choices=("sdpa", "fused"), default="sdpa",
+                   help="sdpa (default): traced outputs equal the model's bit for bit; fused: each layer's "
+                        "attention output from the statistics' own score blocks (one pass over the scores, "
+                        "faster at long context on CPU; equal to SDPA within float round-off)")
     p.add_argument("--chunk-size", type=int, default=64, metavar="N",
                    help="inputs per work unit when the analyses reduce to sums (entropy, sinks): each unit's "
                         "statistics are summed where it runs and merged, so memory does not grow with the "
@@ -64,6 +68,7 @@ def run(args) -> int:
         params=parse_params(args.param), params_from_text=True, force=args.force, quiet=args.quiet,
         command=shlex.join(["workbench", *sys.argv[1:]]), truncate=args.truncate, max_save_gib=args.max_save_gib,
         device=args.device, dtype=args.dtype, chunk_size=args.chunk_size, units=args.units,
+        attn_output=args.attn_output,
         executor=executor(args.quiet, args) if args.executor == "ray" else None,
     )
     out, meta = trace_job(cfg)
