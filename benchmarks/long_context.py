@@ -100,6 +100,23 @@ outputs bit for bit (tests/cuda/test_stats.py and tests/test_families.py pass wi
 MiB at 4K / 8K / 16K / 32K on top of H3's buffer (106.6 s at 32K; before that buffer: +45 /
 83 / 99 / 182 MiB), with
 glibc's default malloc (measured with that change loaded over naive.py in the same child).
+That change is now in naive.py (8516245). The run after it (01:10 UTC, 1 thread, load ~4):
+
+        T  run                            seconds  maxrss MiB  added MiB  MiB/1K tok  increment/1K tok
+     4096  plain                              0.1        482         19       4.67
+     4096  Stats()                            1.9        513         50      12.38
+     4096  Stats(attn_output="fused")         0.5        496         32       8.04
+     8192  plain                              0.6        498         34       4.23       3.79
+     8192  Stats()                            7.1        529         65       8.11       3.85
+     8192  Stats(attn_output="fused")         1.1        516         52       6.52       5.00
+    16384  plain                              1.7        540         76       4.74       5.24
+    16384  Stats()                           30.2        552         88       5.48       2.85
+    16384  Stats(attn_output="fused")         4.7        559         96       5.98       5.45
+    32768  plain                              7.0        584        120       3.74       2.73
+    32768  Stats()                          111.8        632        168       5.25       5.02
+    32768  Stats(attn_output="fused")        16.8        623        159       4.97       3.96
+
+Every path is linear in T to 32K: 3-5 MiB per 1K tokens between consecutive T.
 """
 from __future__ import annotations
 
