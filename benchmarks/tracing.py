@@ -99,6 +99,25 @@ The default statistics trace (``Stats()``: SDPA output + the reference's blocked
 at T = 8192, 1 thread, before and after the reference's blocks moved into one buffer per call
 (bit-identical outputs; 00:02-00:22 UTC, load 5-6): 556.9 s wall, 299.6 s CPU, +5726 MiB before;
 504.6 s wall, 292.1 s CPU, +1523 MiB after.
+
+After statistics-only traces stopped building HF's KV cache (b816b74: 377 MB at 8192) and the
+reference's outputs were allocated once per call (8516245), one run 01:07-01:25 UTC
+(``--long --sizes 2048,4096,8192 --modes plain,stats-fused,stats --threads 1``, nice -5, load
+4-5; the last row ran beside the test suite):
+
+       T  run                 wall s  x plain   CPU s  x plain  MiB added
+    2048  plain                 11.2     1.00    11.1     1.00        497
+    2048  stats fused           11.6     1.04    11.6     1.04        232
+    2048  stats (default)       20.9     1.87    20.9     1.87        182
+    4096  plain                 28.2     1.00    28.1     1.00       1090
+    4096  stats fused           33.2     1.17    32.9     1.17        125
+    4096  stats (default)       90.2     3.19    89.5     3.18        521
+    8192  plain                 78.9     1.00    77.9     1.00       2143
+    8192  stats fused           90.5     1.15    90.1     1.16        725
+    8192  stats (default)      338.6     4.29   337.1     4.33        427
+
+Both targets hold for the fused trace: <= 1.3x the plain forward at every T, and < 1 GB added at
+T = 8192. The default trace (outputs bit for bit SDPA's) stays 1.9-4.3x.
 """
 from __future__ import annotations
 
