@@ -116,9 +116,7 @@ def atp_effects(model, batch, edits, z_src, metric, index: torch.Tensor, keys: l
             continue
         site = model.site(*k)
         u = list(range(nodes.n_units(site, node)))
-        member[k] = torch.zeros(len(u), site.n_heads, dtype=zb.dtype, device=zb.device)
-        for j, g in enumerate(nodes.groups(site, node, u)):
-            member[k][j, g] = 1
+        member[k] = nodes.members(site.n_heads, u, nodes.groups(site, node, u)).to(zb.device, zb.dtype)
         if graddrop and per_key:                                   # z'_p per key position, rebuilt per use
             src = z_src(k, calls[k].node(node).detach())
             deltas.append(lambda k=k, zb=zb, src=src, grp=nodes.groups(site, node, u):

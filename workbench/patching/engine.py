@@ -103,6 +103,11 @@ class PatchConfig:
         nodes.check_node(self.node)
 
 
+def by_site(heads) -> dict:
+    """{site key: [head (or unit) index, ...]} of ``heads``, site keys sorted."""
+    return {k: [h.head for h in heads if h.site_key == k] for k in sorted({h.site_key for h in heads})}
+
+
 class Sweep:
     """A patching sweep over heads; see the module docstring for what is computed.
 
@@ -143,8 +148,8 @@ class Sweep:
         if not heads:
             raise ValueError("no heads to patch")
         self.heads: list[Head] = heads
-        self.keys = sorted({h.site_key for h in heads})
-        self.by_key = {k: [h.head for h in heads if h.site_key == k] for k in self.keys}
+        self.by_key = by_site(heads)
+        self.keys = list(self.by_key)
         n = len(clean)
         step = config.shard_size or n
         self.shards = [list(range(i, min(i + step, n))) for i in range(0, n, step)]
@@ -179,9 +184,7 @@ class Sweep:
             if node == "z":
                 self.edits = [Ablate(tuple(self.ablated), config.ablation, self.means)]
             else:
-                by_key = {k: [h.head for h in self.ablated if h.site_key == k]
-                          for k in sorted({h.site_key for h in self.ablated})}
-                self.node_edits = nodes.ablated(by_key, node, config.ablation, self.means)
+                self.node_edits = nodes.ablated(by_site(self.ablated), node, config.ablation, self.means)
         self._setup_cache: tuple[int, dict] | None = None
 
     # -- units -------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ._resume import Resumable
+from .nodes import members
 
 UPDATES = ("z", "rank")
 
@@ -85,7 +86,7 @@ def fast_effects(res: Resumable, sites: list, z_src: dict, metric, index: torch.
     for s, (key, heads) in enumerate(sites):
         zb = res.z[key]
         n, t = zb.shape[:2]
-        member[s] = _members(zb.shape[2], heads, (groups or {}).get(key))
+        member[s] = members(zb.shape[2], heads, (groups or {}).get(key))
         changed = (z_src[key].to(zb.device, zb.dtype) != zb).any(-1).cpu()   # [(P,) n, pos, head]
         out[key] = torch.zeros(len(heads), n, t) if per_position else torch.zeros(len(heads), n)
         if kp:
@@ -119,14 +120,6 @@ def fast_effects(res: Resumable, sites: list, z_src: dict, metric, index: torch.
             _chunk(res, sname, sites, mine[c:c + step], layer[c:c + step], z_src, metric, index, base_metric,
                    per_position, update, out, member, kp)
     return out
-
-
-def _members(n_heads: int, heads: list, groups: list | None) -> torch.Tensor:
-    """bool [unit, head]: the heads whose z each unit patches (one head per unit by default)."""
-    m = torch.zeros(len(heads), n_heads, dtype=torch.bool)
-    for j, h in enumerate(heads):
-        m[j, groups[j] if groups is not None else [h]] = True
-    return m
 
 
 def _fused(res, key, zb: torch.Tensor) -> bool:

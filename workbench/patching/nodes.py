@@ -82,6 +82,15 @@ def groups(site, node: str, unit_ids: list[int]) -> list[list[int]]:
     return [list(range(u * r, (u + 1) * r)) for u in unit_ids]
 
 
+def members(n_heads: int, unit_ids: list, unit_groups: list | None = None) -> torch.Tensor:
+    """bool [unit, head]: the heads whose z each unit patches; ``unit_groups`` [[head, ...] per
+    unit] (``groups``), default one head per unit (the unit's own index)."""
+    m = torch.zeros(len(unit_ids), n_heads, dtype=torch.bool)
+    for j, u in enumerate(unit_ids):
+        m[j, unit_groups[j] if unit_groups is not None else [u]] = True
+    return m
+
+
 @dataclass
 class Call:
     """One attention call's inputs as the model passed them (module docstring)."""
@@ -243,9 +252,7 @@ def key_position_z(call: Call, node: str, src: torch.Tensor, zb: torch.Tensor, g
     Memory: P times the site's z."""
     base = call.node(node).detach()
     src = src.to(base.device, base.dtype)
-    member = torch.zeros(base.shape[1], zb.shape[2], dtype=torch.bool, device=zb.device)
-    for u, g in enumerate(groups):
-        member[u, g] = True
+    member = members(zb.shape[2], list(range(base.shape[1])), groups).to(zb.device)
     out = zb[None].repeat(base.shape[2], 1, 1, 1, 1)
     changed = (src != base).any(-1).to(zb.device)                                 # [n, unit, P]
     for p in range(base.shape[2]):

@@ -131,8 +131,7 @@ def verified_patch(model, clean, metric, *, corrupt=None, heads=None, k: int = 4
         raise UserError(f"verified AtP* needs k >= 1, sample >= 0, 1 <= top <= k and 0 < alpha < 1 "
                         f"(got k={k}, sample={sample}, top={top}, alpha={alpha})")
     store = kw.pop("store", None)
-    run = {name: kw.pop(name, None) for name in ("corrupt", "reference", "executor")}
-    run["corrupt"] = corrupt
+    run = dict(corrupt=corrupt, reference=kw.pop("reference", None), executor=kw.pop("executor", None))
     cfg = dict(ablation=ablation, direction=direction, node=node, **kw)
     t0 = time.perf_counter()
     approx, first = run_sweep(model, clean, metric, PatchConfig("atp*", **cfg), heads=heads,
