@@ -288,3 +288,10 @@ def test_fused_attention_output_gives_the_hand_computed_tables(tiny, setup):
     assert _job(setup, 64, attn_output="fused").fingerprint() != _job(setup, 64).fingerprint()
     spec = _job(setup, 64, attn_output="fused", source={"model": "tiny"}).spec()
     assert spec.args["attn_output"] == "fused"
+    from workbench.errors import UserError
+
+    for bad in (lambda: _job(setup, 64, attn_output="eager"),
+                lambda: JobConfig(model=str(tiny / "tiny"), out=tiny / "never", attn_output="eager")):
+        with pytest.raises(UserError, match="attn_output is 'eager'; use one of sdpa, fused"):
+            bad()
+    assert not (tiny / "never").exists()

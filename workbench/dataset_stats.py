@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .batch import Batch
-from .capture import ATTN_OUTPUTS, Stats
+from .capture import Stats
 from .patching.units import Unit, iter_units
 
 DEFAULT_CHUNK = 64      # inputs per work unit
@@ -58,8 +58,8 @@ class DatasetStats:
     blocks, equal to SDPA within float round-off; faster at long context on CPU).
 
     Raises:
-        UserError: an analysis without a mergeable reduction, an audio model, or a chunk or
-            batch size below 1.
+        UserError: an analysis without a mergeable reduction, an audio model, a chunk or
+            batch size below 1, or an unknown ``attn_output``.
     """
 
     def __init__(self, model, batch: Batch, params: Mapping, *, chunk_size: int = DEFAULT_CHUNK,
@@ -77,10 +77,9 @@ class DatasetStats:
         reg = registry()
         self.params = {n: p if isinstance(p, reg[n].params) else reg[n].parse_params(dict(p), from_text=True)
                        for n, p in sorted(params.items())}
-        if attn_output not in ATTN_OUTPUTS:
-            raise UserError(f"attn_output must be one of {', '.join(ATTN_OUTPUTS)}, got {attn_output!r}")
+        self.capture = Stats(attn_output=attn_output)      # UserError for an unknown attn_output
         self.model, self.batch, self.source = model, batch, source
-        self.chunk_size, self.batch_size, self.attn_output = chunk_size, batch_size, attn_output
+        self.chunk_size, self.batch_size = chunk_size, batch_size
 
     # -- units -------------------------------------------------------------------------
     def units(self) -> list[Unit]:
@@ -102,7 +101,7 @@ class DatasetStats:
             part = idx[i:i + self.batch_size]
             sub = self.batch.select(part)
             with torch.no_grad():
-                stats = self.model.run(sub, capture=[Stats(attn_output=self.attn_output)]).stats
+                stats = self.model.run(sub, capture=[self.capture]).stats
             acc = merge(acc, reduce_stats(stats, sub.query_mask, part[0], self.params))
         return acc
 
@@ -160,7 +159,8 @@ class DatasetStats:
                              "weights": self.model.meta.get("weights_sha256"),
                              "dtype": self.model.placement["dtype"], "chunk_size": self.chunk_size,
                              "params": {n: p.as_json() for n, p in self.params.items()},
-                             **({"attn_output": self.attn_output} if self.attn_output != "sdpa" else {})},
+                             **({"attn_output": self.capture.attn_output} if self.capture.attn_output != "sdpa"
+                                else {})},
                             sort_keys=True, default=str).encode())
         for k, v in sorted(self.batch.model_inputs.items()):
             if torch.is_tensor(v):
@@ -181,7 +181,7 @@ class DatasetStats:
         return JobSpec("workbench.dataset_stats:rebuild",
                        {"source": self.source, "params": {n: p.as_json() for n, p in self.params.items()},
                         "chunk_size": self.chunk_size, "batch_size": self.batch_size,
-                        "attn_output": self.attn_output})
+                        "attn_output": self.capture.attn_output})
 
 
 def text_source(model: str, *, prompts: str | None, texts: list[str] | None, max_prompts: int, max_tokens: int,

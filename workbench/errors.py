@@ -22,7 +22,6 @@ ARG_NAMES = {
     "max_prompts": ("max_prompts", "--max-prompts"),
     "batch_size": ("batch_size", "--batch-size"),
     "chunk_size": ("chunk_size", "--chunk-size"),
-    "attn_output": ("attn_output", "--attn-output"),
     "max_save_gib": ("max_save_gib", "--max-save-gib"),
     "analyses": ("analyses", "--analyses"),
     "params": ("params", "--param"),

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .batch import Batch
-from .capture import ATTN_OUTPUTS, Pattern, Stats
+from .capture import Pattern, Stats
 from .errors import UserError, user_error
 from .runs import merge_tables, save_run
 from .schema import MEL_FRAMES_PER_SECOND, base_meta
@@ -77,8 +77,7 @@ class JobConfig:
                 raise user_error("{%s} must be an integer >= {lo}, got {v!r}" % name, lo=lo, v=v)
         if not self.max_save_gib > 0:
             raise user_error("{max_save_gib} must be > 0 GiB, got {v!r}", v=self.max_save_gib)
-        if self.attn_output not in ATTN_OUTPUTS:
-            raise user_error("{attn_output} must be one of %s, got {v!r}" % ", ".join(ATTN_OUTPUTS), v=self.attn_output)
+        Stats(attn_output=self.attn_output)          # UserError for an unknown value, before any compute
         self.out = Path(self.out)
 
 
