@@ -21,6 +21,14 @@ sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != ROOT]
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Without CUDA the Triton kernels (tests/cuda) run under Triton's interpreter on CPU tensors.
+# Triton decides between interpreting and compiling when a kernel's @triton.jit runs (the first
+# import of its module) and keeps that for the process, so the variable is set here, before any
+# test module imports workbench.cuda; set in a test module, it came too late whenever another
+# module imported the kernels first. The backend switch's "auto" picks the PyTorch reference on
+# CPU tensors either way.
+if not __import__("torch").cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 _MODELS: dict = {}
 

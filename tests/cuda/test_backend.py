@@ -3,7 +3,6 @@ models, and meta.json's record of the backend that ran."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import types
 import warnings
@@ -12,16 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import workbench as wb  # noqa: E402
-from workbench.cuda import _backend  # noqa: E402
-from workbench.cuda import BackendError, KernelFallbackWarning, head_stats  # noqa: E402
-from workbench.errors import UserError  # noqa: E402
+import workbench as wb
+from workbench.cuda import _backend
+from workbench.cuda import BackendError, KernelFallbackWarning, head_stats
+from workbench.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from tiny import tiny_batch, tiny_hf  # noqa: E402
+from tiny import tiny_batch, tiny_hf
 
 HAS_TRITON = __import__("importlib.util").util.find_spec("triton") is not None
 CUDA_LIKE = types.SimpleNamespace(device=torch.device("cuda"))   # choose() reads only .device

@@ -4,17 +4,13 @@ fp32 and bf16, masks of patched positions, both modes. Fresh random inputs each 
 kernel's output is poisoned (NaN) before each run."""
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from workbench.cuda import head_patch  # noqa: E402
-from workbench.errors import UserError  # noqa: E402
+from workbench.cuda import head_patch
+from workbench.errors import UserError
 
 HAS_TRITON = __import__("importlib.util").util.find_spec("triton") is not None
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

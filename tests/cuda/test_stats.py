@@ -5,20 +5,16 @@ padding, causal offsets of KV-cached steps, sliding windows, soft-capping and si
 Inputs are fresh random tensors each run (the seed is in every failure message). The kernel's
 outputs are poisoned (NaN, or -7 for integers) before each run, so an element it does not
 write fails. Without CUDA the kernel runs under Triton's interpreter on CPU tensors
-(``TRITON_INTERPRET=1``, set here before the kernel module is imported).
+(``TRITON_INTERPRET=1``, set in tests/conftest.py before any kernel module is imported).
 """
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from workbench.cuda import head_stats  # noqa: E402
+from workbench.cuda import head_stats
 
 HAS_TRITON = __import__("importlib.util").util.find_spec("triton") is not None
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
