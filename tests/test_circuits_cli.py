@@ -14,14 +14,11 @@ from workbench.cli import main
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from tiny import tiny_hf
+    from tiny import scale_weights, tiny_hf
 
     root = tmp_path_factory.mktemp("circ")
     hf = tiny_hf("gpt2")
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() >= 2:
-                p.mul_(10.0)
+    scale_weights(hf, 10.0)
     hf.save_pretrained(root / "tiny-gpt2")
     pairs = root / "p.jsonl"
     pairs.write_text("\n".join(json.dumps({"clean": [1, 2, 3, 9, 4 + i], "corrupt": [1, 5, 3, 9, 4 + i],

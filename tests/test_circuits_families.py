@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny import TEXT_CAUSAL, tiny_batch, tiny_hf
+from tiny import TEXT_CAUSAL, scale_weights, tiny_batch, tiny_hf
 from workbench._types import Head
 from workbench.circuits.dla import dla
 from workbench.circuits.qk_attribution import qk_attribution
@@ -20,10 +20,7 @@ OUT_NORM = {"gemma2", "gemma3", "olmo2"}           # a norm on the attention out
 
 def _scaled(family, attn=None):
     hf = tiny_hf(family, attn=attn)
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() >= 2:
-                p.mul_(5.0)
+    scale_weights(hf, 5.0)
     return hf
 
 

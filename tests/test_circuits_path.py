@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from tiny import tiny_batch, tiny_hf
+from tiny import scale_weights, tiny_batch, tiny_hf
 from workbench._types import Head
 from workbench.circuits.path_patching import naive_path_patching, path_patching, top_receivers
 from workbench.errors import UserError
@@ -21,10 +21,7 @@ def _pair(family, scale=10.0):
     """A tiny model with weights scaled up (at init scale 0.02 every path effect is ~1e-6) and a
     clean/corrupt pair of equal masks."""
     hf = tiny_hf(family)
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() >= 2:
-                p.mul_(scale)
+    scale_weights(hf, scale)
     b, x = tiny_batch(family, hf, seed=1), tiny_batch(family, hf, seed=2)
     x.model_inputs["attention_mask"] = b.model_inputs["attention_mask"]
     x.query_mask = b.query_mask

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from tiny import tiny_batch, tiny_hf
+from tiny import scale_weights, tiny_batch, tiny_hf
 from workbench._types import Head
 from workbench.circuits.qk_attribution import qk_attribution
 from workbench.errors import UserError
@@ -43,10 +43,7 @@ def _scores_llama_like(hf_layer_attn, hf, inputs, head, n_heads, n_kv):
 
 def _scaled(family):
     hf = tiny_hf(family)
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() >= 2:
-                p.mul_(10.0)
+    scale_weights(hf, 10.0)
     return hf
 
 

@@ -11,7 +11,7 @@ import torch
 import workbench as wb
 from workbench.batch import Batch
 from workbench.patching import InProcessExecutor, Sweep, PatchConfig, UnitStore, metrics, patch, run_units
-from tiny import FAMILIES, tiny_hf, tiny_inputs
+from tiny import FAMILIES, scale_weights, tiny_hf, tiny_inputs
 
 TOL = 1e-5
 
@@ -19,10 +19,7 @@ TOL = 1e-5
 def sharpened(family: str):
     """A tiny model with weights scaled up, so heads have effects far above round-off."""
     hf = tiny_hf(family)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if p.dim() == 2 and "position" not in name and "wpe" not in name:
-                p.mul_(4.0)
+    scale_weights(hf, 4.0, positions=False)   # effects far above round-off
     return wb.wrap(hf)
 
 

@@ -22,6 +22,7 @@ import workbench as wb
 from workbench.batch import Batch
 from workbench.patching import atp as atp_mod
 from workbench.patching import metrics, patch
+from tiny import scale_weights
 
 LAYERS = 4
 
@@ -41,10 +42,7 @@ def deep(family: str):
         hf = tf.GPT2LMHeadModel(cfg).eval()
         layers = hf.transformer.h
         projs = [lay.attn.c_proj for lay in layers]
-    with torch.no_grad():                                   # larger weights: effects far above round-off
-        for name, p in hf.named_parameters():
-            if p.dim() == 2 and "wpe" not in name:
-                p.mul_(3.0)
+    scale_weights(hf, 3.0, positions=False)   # effects far above round-off
     return hf, layers, projs
 
 

@@ -101,6 +101,17 @@ def tiny_batch(family: str, hf, seed: int = 1):
     return Batch(inputs, qm)
 
 
+def scale_weights(hf, factor: float, *, positions: bool = True):
+    """Multiply ``hf``'s weights by ``factor`` in place (larger weights: sharper attention, head
+    effects far above round-off) and return it: every parameter of 2 or more dims, or with
+    ``positions=False`` only the matrices (2-D) other than position embeddings."""
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if p.dim() >= 2 if positions else p.dim() == 2 and "position" not in name and "wpe" not in name:
+                p.mul_(factor)
+    return hf
+
+
 def word_level_llama(root, n_prompts: int, seed: int = 0):
     """A tiny Llama folder ``root/tiny`` (weights x6, so heads differ) with a word-level tokenizer
     that adds a BOS, and ``root/prompts.txt`` of ``n_prompts`` prompts of 2-14 words (ragged, so
@@ -115,11 +126,7 @@ def word_level_llama(root, n_prompts: int, seed: int = 0):
     t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tok = tf.PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    hf = tiny_hf("llama")
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() >= 2:
-                p.mul_(6.0)
+    hf = scale_weights(tiny_hf("llama"), 6.0)
     hf.save_pretrained(root / "tiny")
     tok.save_pretrained(root / "tiny")
     rng = random.Random(seed)

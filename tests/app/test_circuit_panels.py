@@ -13,7 +13,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from _dash_client import callback, find, render, texts
 from safetensors.torch import load_file
 
@@ -24,17 +23,14 @@ RUNS = {"dla": ["--analysis", "dla"], "path": ["--analysis", "path", "--receiver
 
 @pytest.fixture(scope="module")
 def circuit_runs(tmp_path_factory):
-    from tiny import tiny_hf
+    from tiny import scale_weights, tiny_hf
 
     from workbench.cli import main
 
     root = tmp_path_factory.mktemp("circuit-runs")
     model = tmp_path_factory.mktemp("model") / "tiny-gpt2"
     hf = tiny_hf("gpt2")
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() >= 2:
-                p.mul_(10.0)
+    scale_weights(hf, 10.0)
     hf.save_pretrained(model)
     pairs = model.parent / "p.jsonl"
     pairs.write_text("\n".join(json.dumps({"clean": [1, 2, 3, 9, 4 + i], "corrupt": [1, 5, 3, 9, 4 + i],
